@@ -1,0 +1,64 @@
+"""Caption -> concepts: one interface (:class:`CaptionParser`), two backends (spaCy offline, OpenAI-compatible LLMs)."""
+
+from anyword.parsing.concepts import (
+    FRAME_NOUNS,
+    LOCATION_NOUNS,
+    OBJECT,
+    PREDICATE,
+    CaptionParser,
+    Concept,
+    Mention,
+    ParseResult,
+    ParseSettings,
+    check_caption,
+    find_word,
+)
+from anyword.parsing.openai_parser import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, OpenAIParser
+from anyword.parsing.spacy_parser import SpacyParser, load_spacy_model
+
+PARSERS = ("spacy", "openai")
+
+
+def make_parser(
+    name: str = "spacy",
+    settings: ParseSettings = ParseSettings(),
+    *,
+    model: str = DEFAULT_MODEL,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    nlp=None,
+) -> CaptionParser:
+    """Build a parser by name: "spacy", or "openai" (which falls back to spaCy and says why)."""
+    if name == "spacy":
+        return SpacyParser(settings, nlp=nlp)
+    if name == "openai":
+        return OpenAIParser(
+            model=model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            settings=settings,
+            fallback=SpacyParser(settings, nlp=nlp),
+        )
+    raise ValueError(f"unknown parser {name!r}: choose one of {', '.join(PARSERS)}")
+
+
+__all__ = [
+    "FRAME_NOUNS",
+    "LOCATION_NOUNS",
+    "OBJECT",
+    "PARSERS",
+    "PREDICATE",
+    "CaptionParser",
+    "Concept",
+    "Mention",
+    "OpenAIParser",
+    "ParseResult",
+    "ParseSettings",
+    "SpacyParser",
+    "check_caption",
+    "find_word",
+    "load_spacy_model",
+    "make_parser",
+]
