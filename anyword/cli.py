@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from anyword.errors import AnywordError
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+PRESET_NAMES = ("sd15", "sd14", "sd15-random", "tiny", "shapes")
 
 logger = logging.getLogger("anyword")
 
@@ -106,7 +107,40 @@ def _print_parse(data: dict) -> None:
         print(f"warning: {warning}")
 
 
+# --- bench ---------------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from anyword.bench import run_benchmark
+
+    result = run_benchmark(
+        preset=args.preset,
+        device=args.device,
+        steps=args.steps,
+        learning_steps=args.learning_steps,
+        repeats=args.repeats,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:28s} {value}")
+    return EXIT_OK
+
+
 # --- entry point ---------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -122,6 +156,17 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parse.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_parser_options(parse)
     parse.set_defaults(handler=cmd_parse)
+
+    bench = commands.add_parser("bench", help="time and memory of inversion, denoising, attention, prompt learning")
+    bench.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="default: tiny")
+    bench.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    bench.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
+    bench.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps per timed phase (default 50)")
+    bench.add_argument("--learning-steps", type=_positive_int, default=5, help="timed prompt-learning steps")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved denoising runs (median)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

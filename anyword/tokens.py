@@ -77,12 +77,14 @@ class TokenAlignment:
     """The caption as the text encoder sees it, and where each concept's words are.
 
     ``input_ids`` has exactly ``max_length`` ids (start, caption tokens cut to the window, end, padding).
-    ``pieces`` are the readable token strings of the kept tokens, start and end included.
+    ``pieces`` are the readable token strings of the kept tokens, start and end included. ``offsets`` are the
+    character spans of all the caption's tokens (window or not): caption token ``i`` is at position ``i + 1``.
     """
 
     caption: str
     input_ids: tuple[int, ...]
     pieces: tuple[str, ...]
+    offsets: tuple[Span, ...]
     caption_tokens: int
     window: int
     concepts: tuple[ConceptTokens, ...]
@@ -176,6 +178,7 @@ def align_tokens(caption: str, concepts: Sequence[Concept], tokenizer, max_lengt
         caption=caption,
         input_ids=tuple(input_ids),
         pieces=pieces,
+        offsets=tuple(tuple(o) for o in offsets),
         caption_tokens=len(ids),
         window=window,
         concepts=tuple(aligned),

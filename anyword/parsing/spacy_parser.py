@@ -194,7 +194,14 @@ def _left_modifiers(token) -> list:
 
 
 def _bound_adjectives(token, modifiers: list) -> list:
-    adjectives = [m for m in modifiers if m.pos_ in _ADJECTIVE_POS and m.dep_ in {"amod", "conj"}]
+    # Colour words count whatever their tag: the small model sometimes tags "red" as a proper noun (paper F.1
+    # notes spaCy missing colours such as "white").
+    adjectives = [
+        m
+        for m in modifiers
+        if m.dep_ in {"amod", "conj", "compound"}
+        and (m.lower_ in COLOUR_WORDS or (m.pos_ in _ADJECTIVE_POS and m.dep_ != "compound"))
+    ]
     adjectives.extend(_predicative_adjectives(token))
     adjectives.extend(_clothing_colours(token))
     return sorted({a for a in adjectives if a.lower_ not in _NON_VISUAL_ADJECTIVES}, key=lambda t: t.i)

@@ -1,0 +1,138 @@
+"""``anyword bench``: time and memory of the diffusion stage, printed as one JSON object.
+
+Every ratio compares runs made in the same process on the same inputs; plain and recorded denoising are
+interleaved and their medians compared, so machine noise affects both alike. Random-weight presets measure speed
+and memory only (timing does not depend on weight values).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+BENCH_CAPTION = "a brown dog and a red ball on green grass"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(
+    preset: str = "tiny",
+    device: str | None = None,
+    steps: int = 50,
+    learning_steps: int = 5,
+    repeats: int = 3,
+    dtype: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measure one preset. ``steps``: DDIM steps per timed inversion/denoising; ``learning_steps``: timed
+    prompt-learning steps (batch 8); ``repeats``: interleaved plain/recorded denoising runs (median taken)."""
+    from anyword.diffusion import (
+        LearningSettings,
+        ddim_denoise,
+        ddim_invert,
+        learn_embeddings,
+        load_backbone,
+        make_schedule,
+        record_cross_attention,
+    )
+    from anyword.images import ImageFrame
+    from anyword.parsing import SpacyParser
+    from anyword.tokens import align_tokens
+
+    started = time.perf_counter()
+    backbone = load_backbone(preset, device=device, dtype=dtype, seed=seed)
+    torch_device = backbone.device
+    _synchronize(torch_device)
+    load_s = time.perf_counter() - started
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+
+    rng = np.random.default_rng(seed)
+    image = (rng.random((backbone.resolution * 2 // 3, backbone.resolution, 3)) * 255).astype(np.uint8)
+    frame = ImageFrame(image.shape[1], image.shape[0], backbone.resolution)
+    parse = SpacyParser().parse(BENCH_CAPTION)
+    alignment = align_tokens(parse.caption, parse.concepts, backbone.tokenizer)
+    latents = backbone.encode_image(frame.to_model(image))
+    with torch.no_grad():
+        states = backbone.text_states(alignment.input_ids)
+
+    def predict(z, t):
+        return backbone.unet_forward(z, t, states)
+
+    def timed(function):
+        _synchronize(torch_device)
+        start = time.perf_counter()
+        value = function()
+        _synchronize(torch_device)
+        return time.perf_counter() - start, value
+
+    schedule = make_schedule(backbone.scheduler, steps)
+    with torch.no_grad():
+        predict(latents, schedule.timesteps[0])  # warm-up (kernels, allocator)
+    inversion_s, trajectory = timed(lambda: ddim_invert(predict, latents, schedule, backbone.prediction_type))
+
+    plain_times, recorded_times = [], []
+    direct_final = plain_final = None
+    for _ in range(repeats):
+        seconds, (direct_final, _) = timed(
+            lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=True)
+        )
+        plain_times.append(seconds)
+        with record_cross_attention(backbone.unet, (16,)) as recorder:
+            recorder.active = True
+            seconds, _ = timed(
+                lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=True)
+            )
+            recorded_times.append(seconds)
+            recorder.active = False
+            grids = recorder.average()
+    _, (plain_final, _) = timed(
+        lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=False)
+    )
+
+    learning = LearningSettings(steps=learning_steps)
+    learning_s, _ = timed(lambda: learn_embeddings(backbone, latents, alignment, learning, seed=seed))
+
+    def mse(a: torch.Tensor) -> float:
+        return float(torch.mean((a.float() - latents.float()) ** 2))
+
+    if torch_device.type == "cuda":
+        peak_mb, peak_kind = torch.cuda.max_memory_allocated(torch_device) / 2**20, "cuda_max_allocated"
+    else:
+        peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+    plain, recorded = statistics.median(plain_times), statistics.median(recorded_times)
+    return {
+        "preset": preset,
+        "device": str(torch_device),
+        "device_name": torch.cuda.get_device_name(torch_device)
+        if torch_device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "random_weights": backbone.random_weights,
+        "resolution": backbone.resolution,
+        "latent_shape": list(latents.shape),
+        "unet_parameters": sum(p.numel() for p in backbone.unet.parameters()),
+        "steps": steps,
+        "load_s": round(load_s, 3),
+        "inversion_s_per_step": inversion_s / steps,
+        "denoise_s_per_step": recorded / steps,
+        "denoise_plain_s_per_step": plain / steps,
+        "attention_overhead_ratio": recorded / plain,
+        "attention_map_shape": list(grids.shape),
+        "prompt_learning_s_per_step": learning_s / max(learning_steps, 1),
+        "prompt_learning_batch": learning.batch_size,
+        "direct_inversion_latent_mse": mse(direct_final),
+        "ddim_reconstruction_mse": mse(plain_final),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": peak_kind,
+        "repeats": repeats,
+        "torch": torch.__version__,
+    }

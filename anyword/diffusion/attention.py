@@ -1,0 +1,218 @@
+"""Recording cross-attention, and the averaged per-token maps (DAAM-style API).
+
+:func:`record_cross_attention` installs :class:`RecordingCrossAttnProcessor` on the UNet's cross-attention layers
+with ``set_attn_processor`` (self-attention keeps its fast SDPA processor) and restores the previous processors on
+exit. While recording is on, each cross-attention layer whose query grid is one of the chosen resolutions adds
+``softmax(Q K^T / sqrt(d))``, averaged over heads and batch, to a running sum for that resolution: memory is one
+``(h*w, L)`` tensor per resolution, whatever the number of steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from anyword.images import ImageFrame
+from anyword.parsing.concepts import find_word
+from anyword.tokens import TokenAlignment
+
+
+class CrossAttentionRecorder:
+    """Running sums of cross-attention probabilities per query resolution.
+
+    ``active`` switches recording on and off (e.g. only while denoising, only inside a timestep range).
+    """
+
+    def __init__(self, resolutions: Iterable[int]):
+        self.resolutions = tuple(sorted(set(resolutions)))
+        if not self.resolutions:
+            raise ValueError("record at least one resolution")
+        self.active = False
+        self._sums: dict[int, torch.Tensor] = {}
+        self._counts: dict[int, int] = {}
+        self.layers_seen: set[str] = set()
+
+    def add(self, layer: str, resolution: int, probabilities: torch.Tensor) -> None:
+        """``probabilities``: ``(batch*heads, h*w, L)``, each row summing to 1 over the L tokens."""
+        mean = probabilities.float().mean(dim=0)
+        if resolution in self._sums:
+            self._sums[resolution] += mean
+        else:
+            self._sums[resolution] = mean.clone()
+        self._counts[resolution] = self._counts.get(resolution, 0) + 1
+        self.layers_seen.add(layer)
+
+    @property
+    def calls(self) -> dict[int, int]:
+        """Number of (layer, step) evaluations summed per resolution."""
+        return dict(self._counts)
+
+    def average(self) -> np.ndarray:
+        """Token maps ``(L, r, r)`` float32 at the finest recorded resolution ``r``: each resolution's mean over
+        layers and steps, upsampled bilinearly to ``r`` and averaged with equal weight per resolution."""
+        if not self._sums:
+            raise RuntimeError(
+                f"no cross-attention recorded at resolutions {self.resolutions}: the model has no cross-attention "
+                "layer there, or no denoising step fell inside the timestep range"
+            )
+        finest = max(math.isqrt(s.shape[0]) for s in self._sums.values())
+        maps = []
+        for resolution in sorted(self._sums):
+            mean = self._sums[resolution] / self._counts[resolution]  # (r*r, L)
+            grid = mean.T.reshape(1, mean.shape[1], resolution, resolution)
+            if resolution != finest:
+                grid = torch.nn.functional.interpolate(
+                    grid, size=(finest, finest), mode="bilinear", align_corners=False
+                )
+            maps.append(grid[0])
+        return torch.stack(maps).mean(dim=0).cpu().numpy().astype(np.float32)
+
+
+class RecordingCrossAttnProcessor:
+    """Cross-attention that also hands its probabilities to a recorder (when active and at a chosen resolution).
+
+    Computes attention explicitly (``softmax(QK^T * scale) V``) only when recording; otherwise it defers to
+    ``AttnProcessor2_0`` (fused SDPA), so layers and steps that are not recorded cost nothing extra.
+    """
+
+    def __init__(self, recorder: CrossAttentionRecorder, layer: str):
+        self.recorder = recorder
+        self.layer = layer
+        self._fast = AttnProcessor2_0()
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        resolution = _query_resolution(hidden_states)
+        if not self.recorder.active or resolution not in self.recorder.resolutions or encoder_hidden_states is None:
+            return self._fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        batch, _, _ = encoder_hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
+
+        probabilities = attn.get_attention_scores(query, key, attention_mask)  # (batch*heads, h*w, L)
+        self.recorder.add(self.layer, resolution, probabilities)
+
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def _query_resolution(hidden_states: torch.Tensor) -> int:
+    """Side of the (square) query grid: latents are square because model inputs are."""
+    if hidden_states.ndim == 4:
+        return int(hidden_states.shape[-1])
+    return math.isqrt(hidden_states.shape[1])
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> list[str]:
+    """Processor names of the UNet's cross-attention layers (``attn.is_cross_attention``), in module order."""
+    names = []
+    for name in unet.attn_processors:
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        if getattr(module, "is_cross_attention", False):
+            names.append(name)
+    return names
+
+
+@contextmanager
+def record_cross_attention(unet: torch.nn.Module, resolutions: Iterable[int]) -> Iterator[CrossAttentionRecorder]:
+    """Install recording processors on every cross-attention layer; restore the originals on exit."""
+    recorder = CrossAttentionRecorder(resolutions)
+    original = unet.attn_processors
+    processors = dict(original)
+    for name in cross_attention_layers(unet):
+        processors[name] = RecordingCrossAttnProcessor(recorder, name.removesuffix(".processor"))
+    unet.set_attn_processor(processors)
+    try:
+        yield recorder
+    finally:
+        unet.set_attn_processor(original)
+
+
+@dataclass
+class AttentionMaps:
+    """Averaged cross-attention of one image and caption, per token, with per-word and per-concept views.
+
+    ``token_grids`` is ``(L, r, r)`` float32: attention probability of each token position averaged over heads,
+    layers and timesteps (not normalised), on the model's square grid. ``frame`` maps grids onto the original image;
+    ``alignment`` says which positions hold which words. Every ``*_map`` method returns a map min-max normalised to
+    [0, 1]: at the original image size ``(H, W)`` by default, or on the grid with ``size="grid"``.
+    """
+
+    token_grids: np.ndarray
+    frame: ImageFrame
+    alignment: TokenAlignment
+
+    @property
+    def grid_size(self) -> int:
+        return int(self.token_grids.shape[-1])
+
+    def positions_map(self, positions: Iterable[int], size: str = "image") -> np.ndarray:
+        positions = sorted(set(positions))
+        if not positions:
+            raise ValueError("no token positions given")
+        grid = self.token_grids[positions].mean(axis=0)
+        if size == "grid":
+            return normalize(grid)
+        if size != "image":
+            raise ValueError("size must be 'image' or 'grid'")
+        # Normalised after resampling, so the map spans exactly [0, 1] on the pixels that thresholds see.
+        return normalize(self.frame.grid_to_image(grid))
+
+    def token_map(self, position: int, size: str = "image") -> np.ndarray:
+        return self.positions_map([position], size)
+
+    def concept_map(self, concept_id: int, size: str = "image") -> np.ndarray:
+        """Mean over the concept's noun token positions (every piece, every mention)."""
+        return self.positions_map(self.alignment.for_concept(concept_id).noun_positions, size)
+
+    def adjective_map(self, concept_id: int, adjective: str, size: str = "image") -> np.ndarray:
+        return self.positions_map(self.alignment.for_concept(concept_id).adjective_positions(adjective), size)
+
+    def word_map(self, word: str, size: str = "image") -> np.ndarray:
+        """Any word of the caption (all its occurrences inside the token window), DAAM's ``compute_word_heat_map``."""
+        spans = find_word(self.alignment.caption, word)
+        positions = [
+            index + 1
+            for start, end in spans
+            for index, (token_start, token_end) in enumerate(self.alignment.offsets[: self.alignment.window])
+            if token_start < end and token_end > start
+        ]
+        if not positions:
+            raise KeyError(f"'{word}' is not in the caption's token window")
+        return self.positions_map(positions, size)
+
+
+def normalize(grid: np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1] (a constant map becomes all zeros)."""
+    grid = np.asarray(grid, dtype=np.float32)
+    low, high = float(grid.min()), float(grid.max())
+    if not np.isfinite(low) or not np.isfinite(high) or high - low < 1e-12:
+        return np.zeros_like(grid)
+    return (grid - low) / (high - low)

@@ -1,0 +1,149 @@
+"""The frozen diffusion model: UNet, text encoder, tokenizer, DDIM scheduler, and a VAE or pixel space.
+
+All parameters are frozen at construction (``requires_grad=False``); test-time prompt learning trains a separate
+tensor that replaces rows of the token-embedding output through a forward hook, so the shared embedding table is
+never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Backbone:
+    """A text-to-image diffusion model ready for inversion and attention recording.
+
+    Attributes:
+        name: preset name or model id, for reports.
+        unet: ``diffusers.UNet2DConditionModel`` (epsilon- or v-prediction, as the scheduler says).
+        text_encoder: ``transformers.CLIPTextModel``.
+        tokenizer: the matching CLIP tokenizer.
+        scheduler: ``diffusers.DDIMScheduler``; its ``alphas_cumprod`` drive inversion and denoising.
+        vae: ``diffusers.AutoencoderKL``, or ``None`` for a pixel-space model (latents = pixels scaled to [-1, 1]).
+        resolution: side of the square model input in pixels.
+        device, dtype: where and in which precision the models run.
+        random_weights: True for presets built from configs with random weights (outputs mean nothing).
+        source: where the weights came from (hub id, folder, "random").
+        defaults: settings this model works best with (e.g. ``attention_resolutions``), applied by the pipeline
+            unless the caller overrides them.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    vae: torch.nn.Module | None
+    resolution: int
+    device: torch.device
+    dtype: torch.dtype
+    random_weights: bool = False
+    source: str = ""
+    defaults: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for module in self.modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.text_encoder, self.vae) if m is not None]
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell along each axis (8 for Stable Diffusion, 1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.latent_factor
+
+    @property
+    def description(self) -> str:
+        weights = "random weights" if self.random_weights else "pretrained weights"
+        return f"{self.name} ({weights}, {self.resolution}px, {self.prediction_type}, {self.device}, {self.dtype})"
+
+    @torch.no_grad()
+    def encode_image(self, pixels: np.ndarray) -> torch.Tensor:
+        """``(S, S, 3)`` uint8 model input -> latents ``(1, C, S/f, S/f)`` in ``self.dtype`` on ``self.device``.
+
+        Uses the VAE posterior mean (deterministic), scaled by the VAE's ``scaling_factor``.
+        """
+        if pixels.shape != (self.resolution, self.resolution, 3):
+            raise ValueError(f"expected a {self.resolution}x{self.resolution} RGB input, got {pixels.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        tensor = tensor.to(self.device, self.dtype)
+        if self.vae is None:
+            return tensor
+        latents = self.vae.encode(tensor).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Inverse of :meth:`encode_image` (up to the VAE's reconstruction error): ``(S, S, 3)`` uint8."""
+        if self.vae is not None:
+            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        pixels = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
+        return pixels.permute(1, 2, 0).cpu().numpy()
+
+    def text_states(self, input_ids: torch.Tensor | list[int], embeddings=None) -> torch.Tensor:
+        """Text-encoder hidden states ``(1, L, D)`` for ``input_ids``, with learned embeddings swapped in.
+
+        ``embeddings`` is a :class:`~anyword.diffusion.prompt_learning.LearnedEmbeddings` (or ``None``); gradients
+        flow to its vectors when grad mode is on.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        if embeddings is None:
+            return self.text_encoder(ids)[0]
+        with override_token_embeddings(self.text_encoder, embeddings.positions, embeddings.position_vectors()):
+            return self.text_encoder(ids)[0]
+
+    def unet_forward(self, latents: torch.Tensor, timesteps, text_states: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction (epsilon or v, per the scheduler) for a batch of latents."""
+        if text_states.shape[0] != latents.shape[0]:
+            text_states = text_states.expand(latents.shape[0], -1, -1)
+        return self.unet(latents, timesteps, encoder_hidden_states=text_states).sample
+
+    def to(self, device: str | torch.device) -> Backbone:
+        self.device = torch.device(device)
+        for module in self.modules():
+            module.to(self.device)
+        return self
+
+
+@contextmanager
+def override_token_embeddings(
+    text_encoder: torch.nn.Module, positions: torch.Tensor, vectors: torch.Tensor
+) -> Iterator[None]:
+    """Within the block, the token-embedding layer's output at ``positions`` (of every sequence) is ``vectors``.
+
+    A forward hook on ``text_encoder.get_input_embeddings()`` replaces those rows in a copy of the output; the
+    embedding table itself is untouched, so concurrent runs on one shared model never see each other's vectors.
+
+    Args:
+        positions: ``(k,)`` long, token positions in the input sequence.
+        vectors: ``(k, D)``, one embedding per position (any float dtype; cast to the layer's).
+    """
+
+    def replace(module, args, output):
+        output = output.clone()
+        output[:, positions.to(output.device)] = vectors.to(device=output.device, dtype=output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()

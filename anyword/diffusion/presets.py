@@ -1,0 +1,371 @@
+"""Backbone presets and loading: pretrained Stable Diffusion v1.x (hub id or local folder), and random-weight
+models built from configs for tests (``tiny``) and for timing the real architecture (``sd15-random``).
+
+Pretrained weights load from the Hugging Face cache, downloading only the safetensors the pipeline needs (UNet,
+VAE, text encoder, tokenizer, scheduler; no safety checker). Offline (``HF_HUB_OFFLINE=1`` or no network) and not
+cached, loading raises :class:`ModelUnavailableError` naming the model, the cache folder and how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from anyword.diffusion.backbone import Backbone
+from anyword.errors import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+# DDIM settings of null-text inversion (Mokady et al. 2023), on top of each model's own beta schedule.
+DDIM_OVERRIDES = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+SD_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    **DDIM_OVERRIDES,
+}
+_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+_CONFIGS = [
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named backbone: ``kind`` is "pretrained" (hub id or folder in ``model``), "tiny", "sd15-random" or
+    "shapes"; ``defaults`` are the settings it is meant to run with."""
+
+    name: str
+    kind: str
+    description: str
+    model: str = ""
+    resolution: int = 512
+    defaults: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "sd15",
+            "pretrained",
+            "Stable Diffusion v1.5 (the paper's backbone)",
+            model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        ),
+        Preset("sd14", "pretrained", "Stable Diffusion v1.4", model="CompVis/stable-diffusion-v1-4"),
+        Preset(
+            "sd15-random", "sd15-random", "full SD 1.5 architecture with random weights: for timing and memory only"
+        ),
+        Preset(
+            "tiny",
+            "tiny",
+            "tiny random-weight model with the real CLIP tokenizer: tests and offline smoke runs",
+            resolution=64,
+            defaults={"learning_steps": 20},
+        ),
+    ]
+}
+DEFAULT_PRESET = "sd15"
+
+
+def packaged_config_dir(name: str) -> Path:
+    return Path(str(resources.files("anyword") / "data" / name))
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA, else Apple MPS, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere; ``dtype`` ("fp16", "bf16", "fp32" or a torch dtype) overrides."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
+    if dtype is not None:
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}: choose fp16, bf16 or fp32")
+        return names[dtype]
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_backbone(
+    preset: str = DEFAULT_PRESET,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+) -> Backbone:
+    """Build the backbone of a preset, or of ``model`` (hub id or local diffusers folder) if given.
+
+    Random-weight presets are seeded with ``seed`` so every run builds the same model.
+    """
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    if model is not None:
+        spec = Preset(name=model, kind="pretrained", description=model, model=model)
+    elif preset in PRESETS:
+        spec = PRESETS[preset]
+    elif preset == "shapes":
+        from anyword.shapes.model import load_shapes_backbone
+
+        return load_shapes_backbone(device=torch_device, dtype=torch_dtype)
+    else:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join([*PRESETS, 'shapes'])}")
+    if spec.kind == "pretrained":
+        backbone = _load_pretrained(spec, torch_device, torch_dtype)
+    elif spec.kind == "tiny":
+        backbone = _build_random(spec, _tiny_configs(), torch_device, torch_dtype, seed)
+    else:
+        backbone = _build_random(spec, _sd15_configs(), torch_device, torch_dtype, seed)
+    logger.info("loaded %s", backbone.description)
+    return backbone
+
+
+# --- random-weight models ------------------------------------------------------------------------------------
+
+
+def _tiny_configs() -> dict:
+    """Small configs with the same classes as Stable Diffusion; 64 px input, 32x32 latent, attention at 32 and 16."""
+    from anyword.tokens import packaged_tokenizer_dir
+
+    return {
+        "unet": {
+            "sample_size": 32,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": [32, 64],
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "cross_attention_dim": 32,
+            "attention_head_dim": 8,
+            "norm_num_groups": 8,
+        },
+        "vae": {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "block_out_channels": [32, 64],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "sample_size": 64,
+            "scaling_factor": 0.18215,
+        },
+        "text_encoder": {
+            "vocab_size": 49408,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 49406,
+            "eos_token_id": 49407,
+            "pad_token_id": 49407,
+            "hidden_act": "quick_gelu",
+            "projection_dim": 32,
+        },
+        "scheduler": SD_SCHEDULER,
+        "tokenizer": str(packaged_tokenizer_dir()),
+    }
+
+
+def _sd15_configs() -> dict:
+    from anyword.tokens import packaged_tokenizer_dir
+
+    root = packaged_config_dir("sd15-config")
+    configs = {part: json.loads((root / part / "config.json").read_text()) for part in ("unet", "vae", "text_encoder")}
+    configs["scheduler"] = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    configs["tokenizer"] = str(packaged_tokenizer_dir())
+    return configs
+
+
+def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torch.dtype, seed: int) -> Backbone:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from anyword.tokens import load_tokenizer
+
+    def clean(config: dict) -> dict:
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    # Seed without touching the caller's global RNG state; build on the target device (fast for 1B parameters).
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            unet = UNet2DConditionModel.from_config(clean(configs["unet"]))
+            vae = AutoencoderKL.from_config(clean(configs["vae"]))
+            text_config = {k: v for k, v in clean(configs["text_encoder"]).items() if k != "architectures"}
+            text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    scheduler = DDIMScheduler.from_config({**clean(configs["scheduler"]), **DDIM_OVERRIDES})
+    if dtype != torch.float32:
+        for module in (unet, vae, text_encoder):
+            module.to(dtype)
+    return Backbone(
+        name=spec.name,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=load_tokenizer(configs["tokenizer"]),
+        scheduler=scheduler,
+        vae=vae,
+        resolution=spec.resolution,
+        device=device,
+        dtype=dtype,
+        random_weights=True,
+        source=f"random weights (seed {seed})",
+        defaults=dict(spec.defaults),
+    )
+
+
+# --- pretrained models ---------------------------------------------------------------------------------------
+
+
+def _load_pretrained(spec: Preset, device: torch.device, dtype: torch.dtype) -> Backbone:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    variant = "fp16" if dtype == torch.float16 else None
+    root, variant = resolve_model_files(spec.model, variant)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(
+            root, subfolder="unet", torch_dtype=dtype, variant=variant, use_safetensors=True
+        )
+        vae = AutoencoderKL.from_pretrained(
+            root, subfolder="vae", torch_dtype=dtype, variant=variant, use_safetensors=True
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            root, subfolder="text_encoder", dtype=dtype, variant=variant, use_safetensors=True
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+        scheduler_config = DDIMScheduler.load_config(root, subfolder="scheduler")
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(
+            f"'{spec.model}' at {root} is incomplete or not a diffusers Stable Diffusion folder "
+            f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/ with safetensors weights): {error}"
+        ) from None
+    scheduler = DDIMScheduler.from_config({**scheduler_config, **DDIM_OVERRIDES})
+    unet.to(device)
+    vae.to(device)
+    text_encoder.to(device)
+    sample = unet.config.sample_size
+    resolution = (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae.config.block_out_channels) - 1)
+    return Backbone(
+        name=spec.name,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        vae=vae,
+        resolution=resolution,
+        device=device,
+        dtype=dtype,
+        random_weights=False,
+        source=str(spec.model),
+        defaults=dict(spec.defaults),
+    )
+
+
+def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | None]:
+    """A local folder holding ``model``'s weights: ``model`` itself if it is a folder, else its Hugging Face cache
+    snapshot (downloaded if missing and allowed). Returns the folder and the weight variant found there."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path), variant if _has_weights(path, variant) else None
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "org/name" hub id
+        raise ModelUnavailableError(f"model folder not found: {model}")
+
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    for candidate in dict.fromkeys([variant, None]):
+        patterns = [
+            *_CONFIGS,
+            *(f"{part}/{stem}{'.' + candidate if candidate else ''}.safetensors" for part, stem in _WEIGHTS.items()),
+        ]
+        try:
+            folder = Path(snapshot_download(model, allow_patterns=patterns, local_files_only=True))
+            if _has_weights(folder, candidate):
+                return str(folder), candidate
+        except LocalEntryNotFoundError:
+            pass
+
+    how = (
+        f"To get them, run `hf download {model}` on a machine with network (or copy its Hugging Face cache "
+        f"folder here), or pass a local diffusers folder with --model PATH. Without them, --preset tiny runs the "
+        "whole pipeline with random weights."
+    )
+    cache = constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailableError(
+            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is "
+            f"set. {how}"
+        )
+    endpoint = constants.ENDPOINT
+    if not _reachable(endpoint):
+        raise ModelUnavailableError(
+            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and {endpoint} cannot "
+            f"be reached (offline?). {how}"
+        )
+    logger.warning("downloading %s into %s (first use only)", model, cache)
+    last_error: Exception | None = None
+    for candidate in dict.fromkeys([variant, None]):
+        patterns = [
+            *_CONFIGS,
+            *(f"{part}/{stem}{'.' + candidate if candidate else ''}.safetensors" for part, stem in _WEIGHTS.items()),
+        ]
+        try:
+            folder = Path(snapshot_download(model, allow_patterns=patterns))
+        except (HfHubHTTPError, OSError) as error:
+            last_error = error
+            continue
+        if _has_weights(folder, candidate):
+            return str(folder), candidate
+    raise ModelUnavailableError(
+        f"could not download Stable Diffusion weights '{model}' into {cache}: {last_error or 'no safetensors found'}."
+        f" {how}"
+    )
+
+
+def _has_weights(folder: Path, variant: str | None) -> bool:
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    return all((folder / part / f"{stem}{suffix}").is_file() for part, stem in _WEIGHTS.items())
+
+
+def _reachable(url: str, timeout_s: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
