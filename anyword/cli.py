@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from anyword.errors import AnywordError
 
@@ -107,6 +108,167 @@ def _print_parse(data: dict) -> None:
         print(f"warning: {warning}")
 
 
+# --- segment -------------------------------------------------------------------------------------------------
+
+
+def _make_pipeline(args: argparse.Namespace):
+    from anyword.pipeline import SegmentAnyword
+
+    parser = _make_parser(args)
+    return SegmentAnyword(
+        args.preset,
+        segmenter=args.segmenter,
+        parser=parser,
+        model=args.model,
+        sam_model=args.sam_model,
+        sam_checkpoint=args.sam_checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+
+
+def _run_settings(pipeline, args: argparse.Namespace):
+    """The preset's settings with the command line's overrides."""
+    import dataclasses
+
+    settings = pipeline.settings
+    diffusion, prompts = settings.diffusion, settings.prompts
+    learning = diffusion.learning
+    if args.fast:
+        learning = dataclasses.replace(learning, steps=50)
+    if args.steps is not None:
+        learning = dataclasses.replace(learning, steps=args.steps)
+    diffusion_changes = {"learning": learning}
+    if args.inversion_steps is not None:
+        diffusion_changes["inversion_steps"] = args.inversion_steps
+    if args.attention_res:
+        diffusion_changes["attention_resolutions"] = tuple(args.attention_res)
+    if args.resize:
+        diffusion_changes["resize"] = args.resize
+    prompt_changes = {"r1": not args.no_r1 and prompts.r1, "r2": not args.no_r2 and prompts.r2}
+    if args.threshold is not None:
+        prompt_changes["threshold"] = args.threshold
+    if args.points is not None:
+        prompt_changes["noun_points"] = args.points
+    if args.sampling:
+        prompt_changes["sampling"] = args.sampling
+    settings = dataclasses.replace(
+        settings,
+        diffusion=dataclasses.replace(diffusion, **diffusion_changes),
+        prompts=dataclasses.replace(prompts, **prompt_changes),
+    )
+    return settings.with_seed(args.seed) if args.seed is not None else settings
+
+
+def _segment_one(pipeline, settings, image_path: str, caption: str, out_dir: Path):
+    from anyword.export import write_outputs
+    from anyword.images import load_image
+
+    image = load_image(image_path)
+    result = pipeline.run(image, caption, settings=settings)
+    write_outputs(result, image, out_dir, image_name=Path(image_path).name)
+    return result
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    if args.batch:
+        if args.image or args.caption:
+            raise AnywordError("give either IMAGE and CAPTION, or --batch FILE.jsonl, not both")
+        return _segment_batch(args)
+    if not args.image or args.caption is None:
+        raise AnywordError("give an IMAGE and a CAPTION (or --batch FILE.jsonl)")
+    if not Path(args.image).is_file():
+        raise AnywordError(f"image file not found: {args.image}")
+    pipeline = _make_pipeline(args)
+    settings = _run_settings(pipeline, args)
+    out = Path(args.out)
+    result = _segment_one(pipeline, settings, args.image, args.caption, out)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return EXIT_OK
+    width, height = result.image_size
+    print(f"{len(result.concepts)} concepts segmented in {result.timings['total_s']:.1f} s -> {out}/")
+    for concept in result.concepts:
+        area = result.masks[concept.id].sum() / (width * height)
+        points = result.prompts.for_concept(concept.id)
+        print(
+            f"  {concept.id}: {concept.phrase:30s} mask {area:6.1%}  score {result.scores[concept.id]:.2f}  "
+            f"points +{sum(p.label == 1 for p in points)}/-{sum(p.label == 0 for p in points)}"
+        )
+    return EXIT_OK
+
+
+def _segment_batch(args: argparse.Namespace) -> int:
+    import re
+
+    from tqdm.auto import tqdm
+
+    batch = Path(args.batch)
+    try:
+        lines = batch.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnywordError(f"cannot read batch file {batch}: {error}") from None
+    jobs = [(number, line) for number, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+    if not jobs:
+        raise AnywordError(f"{batch} has no lines to run")
+    pipeline = _make_pipeline(args)
+    settings = _run_settings(pipeline, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done, failed = [], []
+    for number, line in tqdm(jobs, desc="batch", unit="image", disable=args.quiet):
+        try:
+            item = json.loads(line)
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("image"), str)
+                or not isinstance(item.get("caption"), str)
+            ):
+                raise AnywordError('each line must be a JSON object with "image" and "caption" strings')
+            image_path = Path(item["image"])
+            if not image_path.is_absolute():
+                image_path = batch.parent / image_path  # relative to the batch file
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", image_path.stem)[:40]
+            folder = out / f"{number:04d}_{slug}"
+            result = _segment_one(pipeline, settings, str(image_path), item["caption"], folder)
+            done.append(
+                {
+                    "line": number,
+                    "image": str(image_path),
+                    "out": str(folder),
+                    "concepts": len(result.concepts),
+                    "seconds": round(result.timings["total_s"], 3),
+                }
+            )
+        except json.JSONDecodeError as error:
+            failed.append({"line": number, "error": f"not valid JSON ({error.msg})"})
+        except AnywordError as error:
+            failed.append({"line": number, "error": str(error)})
+        except Exception as error:  # a bug on one line must not lose the others
+            if args.debug:
+                raise
+            failed.append({"line": number, "error": f"internal error: {type(error).__name__}: {error}"})
+        if failed and failed[-1]["line"] == number:
+            print(f"line {number}: error: {failed[-1]['error']}", file=sys.stderr)
+    summary = {
+        "batch": str(batch),
+        "lines": len(jobs),
+        "done": len(done),
+        "failed": len(failed),
+        "results": done,
+        "errors": failed,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(f"{len(done)} of {len(jobs)} lines done, {len(failed)} failed; summary in {out / 'summary.json'}")
+    return EXIT_OK if not failed else EXIT_USAGE
+
+
 # --- bench ---------------------------------------------------------------------------------------------------
 
 
@@ -143,6 +305,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anyword",
@@ -156,6 +338,45 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parse.add_argument("--json", action="store_true", help="print exactly one JSON object")
     _add_parser_options(parse)
     parse.set_defaults(handler=cmd_parse)
+
+    segment = commands.add_parser("segment", help="image + caption -> one mask per phrase (files in --out)")
+    segment.add_argument("image", nargs="?", help="image file (any common format)")
+    segment.add_argument("caption", nargs="?", help="the caption, in English")
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument("--batch", help='JSONL file, one {"image": path, "caption": text} per line')
+    segment.add_argument("--json", action="store_true", help="print result.json (or the batch summary) to stdout")
+    segment.add_argument("--quiet", action="store_true", help="no progress bars")
+    models = segment.add_argument_group("models")
+    models.add_argument("--preset", default="sd15", choices=PRESET_NAMES, help="diffusion backbone (default sd15)")
+    models.add_argument("--model", default=None, help="hub id or local diffusers folder overriding the preset")
+    models.add_argument(
+        "--segmenter",
+        default=None,
+        choices=("sam", "plain", "grabcut"),
+        help="mask generator (default: SAM; grabcut for --preset shapes)",
+    )
+    models.add_argument("--sam-model", default=None, help="vit_h (default), vit_l, vit_b; tiny with --preset tiny")
+    models.add_argument("--sam-checkpoint", default=None, help="local SAM checkpoint instead of the download")
+    models.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    models.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
+    method = segment.add_argument_group("method")
+    method.add_argument(
+        "--steps", type=_non_negative_int, default=None, help="prompt-learning steps (paper: 1100; 0 disables)"
+    )
+    method.add_argument("--fast", action="store_true", help="50 prompt-learning steps (the paper's fast variant)")
+    method.add_argument("--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
+    method.add_argument(
+        "--attention-res", type=_positive_int, nargs="+", default=None, help="attention grids to average (default 16)"
+    )
+    method.add_argument("--resize", choices=("stretch", "pad"), default=None, help="image -> square model input")
+    method.add_argument("--threshold", type=_fraction, default=None, help="attention threshold (default 0.7)")
+    method.add_argument("--points", type=_positive_int, default=None, help="points per noun map (default 1)")
+    method.add_argument("--sampling", choices=("random", "peak"), default=None, help="point sampling")
+    method.add_argument("--no-r1", action="store_true", help="no positive adjective clustering")
+    method.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
+    method.add_argument("--seed", type=int, default=None, help="seed of prompt learning and sampling (default 0)")
+    _add_parser_options(segment)
+    segment.set_defaults(handler=cmd_segment)
 
     bench = commands.add_parser("bench", help="time and memory of inversion, denoising, attention, prompt learning")
     bench.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="default: tiny")

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from anyword.diffusion.backbone import Backbone
+from anyword.downloads import reachable
 from anyword.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ PRESETS: dict[str, Preset] = {
             "tiny",
             "tiny random-weight model with the real CLIP tokenizer: tests and offline smoke runs",
             resolution=64,
-            defaults={"learning_steps": 20},
+            defaults={"learning_steps": 10, "inversion_steps": 25},
         ),
     ]
 }
@@ -331,7 +330,7 @@ def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | Non
             f"set. {how}"
         )
     endpoint = constants.ENDPOINT
-    if not _reachable(endpoint):
+    if not reachable(endpoint):
         raise ModelUnavailableError(
             f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and {endpoint} cannot "
             f"be reached (offline?). {how}"
@@ -359,13 +358,3 @@ def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | Non
 def _has_weights(folder: Path, variant: str | None) -> bool:
     suffix = f".{variant}.safetensors" if variant else ".safetensors"
     return all((folder / part / f"{stem}{suffix}").is_file() for part, stem in _WEIGHTS.items())
-
-
-def _reachable(url: str, timeout_s: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False

@@ -1,0 +1,141 @@
+"""Checkpoint files fetched on first use into the user cache, verified by sha256.
+
+Cache folder: ``$ANYWORD_CACHE`` if set, else ``$XDG_CACHE_HOME/anyword`` or ``~/.cache/anyword``. Offline
+(``ANYWORD_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, or the host unreachable) a missing file raises
+:class:`ModelUnavailableError` naming the file, its URL and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tqdm.auto import tqdm
+
+from anyword.errors import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A downloadable file: its name in the cache, its URL and its sha256."""
+
+    filename: str
+    url: str
+    sha256: str
+    subfolder: str = ""
+
+
+def cache_dir() -> Path:
+    if os.environ.get("ANYWORD_CACHE"):
+        return Path(os.environ["ANYWORD_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "anyword"
+
+
+def offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("ANYWORD_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch(checkpoint: Checkpoint, folder: Path | None = None, timeout_s: float = 30.0, progress: bool = True) -> Path:
+    """Path of the verified checkpoint in the cache, downloading it on first use.
+
+    A cached file is hashed once; a marker beside it (size and mtime) spares later loads the re-hash.
+    """
+    folder = (folder or cache_dir()) / checkpoint.subfolder
+    path = folder / checkpoint.filename
+    if path.is_file():
+        _verify(path, checkpoint)
+        return path
+
+    where = f"Put {checkpoint.filename} (from {checkpoint.url}) into {folder}"
+    if offline():
+        raise ModelUnavailableError(
+            f"{checkpoint.filename} is not in {folder} and downloads are off (offline). {where}."
+        )
+    if not reachable(checkpoint.url):
+        raise ModelUnavailableError(
+            f"{checkpoint.filename} is not in {folder} and {urlparse(checkpoint.url).netloc}"
+            f" cannot be reached (offline?). {where}."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    logger.warning("downloading %s into %s (first use only)", checkpoint.url, folder)
+    try:
+        with urllib.request.urlopen(checkpoint.url, timeout=timeout_s) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=checkpoint.filename, disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        partial.unlink(missing_ok=True)
+        raise ModelUnavailableError(f"downloading {checkpoint.url} failed ({error}). {where}.") from None
+    if digest.hexdigest() != checkpoint.sha256:
+        partial.unlink(missing_ok=True)
+        raise ModelUnavailableError(
+            f"{checkpoint.filename} from {checkpoint.url} has sha256 {digest.hexdigest()}, expected "
+            f"{checkpoint.sha256}: the download is corrupt or was tampered with, and was deleted."
+        )
+    partial.replace(path)
+    _write_marker(path)
+    return path
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _write_marker(path: Path) -> None:
+    stat = path.stat()
+    _marker(path).write_text(f"{stat.st_size} {stat.st_mtime_ns}\n")
+
+
+def _verify(path: Path, checkpoint: Checkpoint) -> None:
+    stat = path.stat()
+    marker = _marker(path)
+    if marker.is_file() and marker.read_text().strip() == f"{stat.st_size} {stat.st_mtime_ns}":
+        return
+    actual = sha256_file(path)
+    if actual != checkpoint.sha256:
+        raise ModelUnavailableError(
+            f"{path} has sha256 {actual}, expected {checkpoint.sha256}: delete it and it will be downloaded again "
+            f"from {checkpoint.url}."
+        )
+    _write_marker(path)
+
+
+def reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout_s`` (fails fast when offline)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return True
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False

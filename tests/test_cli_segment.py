@@ -1,0 +1,160 @@
+"""`anyword segment` on the tiny preset with real photos: output files, batch mode, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from tests.test_images import huge_png_header
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ANYWORD = str(Path(sys.executable).parent / "anyword")
+QUICK = ["--preset", "tiny", "--steps", "1", "--inversion-steps", "4", "--quiet"]
+
+
+def segment(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ANYWORD, "segment", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("segmenter", ["sam", "plain"])
+def test_segment_writes_consistent_outputs(tmp_path, segmenter):
+    out = tmp_path / "out"
+    caption = "A tabby cat with big green eyes and a pink nose."
+    done = segment(str(ASSETS / "chelsea.png"), caption, "--out", str(out), "--segmenter", segmenter, *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert "random weights" in done.stderr  # every output of the tiny preset says so
+    assert {p.name for p in out.iterdir()} == {"result.json", "masks", "overlay.png", "heatmaps.png", "masks_coco.json"}
+    result = json.loads((out / "result.json").read_text())
+    coco = json.loads((out / "masks_coco.json").read_text())
+    assert result["image"] == {"width": 451, "height": 300} and result["random_weights"] is True
+    assert result["models"]["segmenter"] == ("sam-tiny" if segmenter == "sam" else "plain")
+    assert result["settings"]["diffusion"]["learning"]["steps"] == 1
+    assert [c["noun"] for c in result["concepts"]] == ["cat", "eyes", "nose"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["0_cat.png", "1_eyes.png", "2_nose.png"]
+    for concept, annotation in zip(result["concepts"], coco["annotations"], strict=True):
+        png = np.asarray(Image.open(out / "masks" / f"{concept['id']}_{concept['noun']}.png"))
+        assert png.shape == (300, 451) and png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
+        assert int((png == 255).sum()) == concept["mask_area"] == annotation["area"]
+        rle = {"size": annotation["segmentation"]["size"], "counts": annotation["segmentation"]["counts"].encode()}
+        np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), png == 255)
+        assert annotation["category_id"] == concept["id"] + 1 and annotation["phrase"] == concept["phrase"]
+        assert all(0 <= p["x"] < 451 and 0 <= p["y"] < 300 for p in concept["points"])
+        assert {p["label"] for p in concept["points"]} == {0, 1}  # R2 negatives present
+    overlay = Image.open(out / "overlay.png")
+    assert overlay.width == 451 and overlay.height > 300  # the image plus a legend
+    assert Image.open(out / "heatmaps.png").mode == "RGB"
+
+
+def test_r1_r2_switches_and_seed(tmp_path):
+    out = tmp_path / "out"
+    done = segment(
+        str(ASSETS / "coffee.png"),
+        "a red cup on a saucer",
+        "--out",
+        str(out),
+        "--no-r1",
+        "--no-r2",
+        "--seed",
+        "3",
+        "--json",
+        *QUICK,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert all([p["source"] for p in c["points"]] == ["noun"] for c in result["concepts"])
+    assert result["settings"]["prompts"]["seed"] == 3 and result["settings"]["diffusion"]["seed"] == 3
+
+
+def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name, image in {
+        "cmyk.jpg": Image.new("CMYK", (90, 60), (0, 255, 255, 0)),
+        "grey16.png": Image.fromarray(np.full((50, 80), 40000, dtype=np.uint16)),
+        "alpha.png": Image.new("RGBA", (70, 40), (0, 0, 255, 128)),
+        "grey.png": Image.new("L", (64, 48), 100),
+    }.items():
+        image.save(folder / name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: stored 100 x 40, upright 40 x 100
+    Image.new("RGB", (100, 40), (200, 10, 10)).save(folder / "rotated.jpg", exif=exif)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "huge.png").write_bytes(huge_png_header(20000, 20000))
+    lines = [
+        {"image": "cmyk.jpg", "caption": "a red square"},
+        {"image": "grey16.png", "caption": "a grey wall"},
+        "this line is not json",
+        {"image": "alpha.png", "caption": "a blue window"},
+        {"image": "missing.png", "caption": "a dog"},
+        {"image": "grey.png", "caption": "hello!!"},
+        {"image": "corrupt.png", "caption": "a dog"},
+        {"image": "huge.png", "caption": "a dog"},
+        {"image": "rotated.jpg", "caption": "a red door"},
+        {"caption": "no image key"},
+    ]
+    batch = folder / "batch.jsonl"
+    batch.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "out"
+    done = segment("--batch", str(batch), "--out", str(out), *QUICK)
+    assert done.returncode == 2, done.stderr  # some lines failed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lines"] == 10 and summary["done"] == 4 and summary["failed"] == 6
+    errors = {e["line"]: e["error"] for e in summary["errors"]}
+    assert "not valid JSON" in errors[3]
+    assert "not found" in errors[5]
+    assert "no nouns" in errors[6]
+    assert "corrupt" in errors[7]
+    assert "too large" in errors[8] and "40 MP" in errors[8]
+    assert '"image" and "caption"' in errors[10]
+    assert "Traceback" not in done.stderr and "line 5: error:" in done.stderr
+    sizes = {
+        Path(r["image"]).name: json.loads((Path(r["out"]) / "result.json").read_text())["image"]
+        for r in summary["results"]
+    }
+    assert sizes == {
+        "cmyk.jpg": {"width": 90, "height": 60},
+        "grey16.png": {"width": 80, "height": 50},
+        "alpha.png": {"width": 70, "height": 40},
+        "rotated.jpg": {"width": 40, "height": 100},
+    }
+    rotated = next(Path(r["out"]) for r in summary["results"] if r["image"].endswith("rotated.jpg"))
+    assert np.asarray(Image.open(next((rotated / "masks").iterdir()))).shape == (100, 40)  # upright (H, W)
+
+
+@pytest.mark.parametrize(
+    ("make", "caption", "message"),
+    [
+        (lambda p: p.write_bytes(b"GIF89a broken"), "a dog", "not a readable image"),
+        (lambda p: p.write_bytes(huge_png_header(20000, 20000)), "a dog", "too large"),
+        (lambda p: Image.new("RGB", (40, 30)).save(p, format="PNG"), "hello!!", "no nouns"),
+        (lambda p: Image.new("RGB", (40, 30)).save(p, format="PNG"), "", "empty"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, make, caption, message):
+    path = tmp_path / "input.png"
+    make(path)
+    done = segment(str(path), caption, "--out", str(tmp_path / "out"), *QUICK)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_arguments(tmp_path):
+    done = segment(str(ASSETS / "coffee.png"), "--out", str(tmp_path), *QUICK)
+    assert done.returncode == 2 and "give an IMAGE and a CAPTION" in done.stderr
+    done = segment(str(tmp_path / "nope.png"), "a dog", "--out", str(tmp_path), *QUICK)
+    assert done.returncode == 2 and "not found" in done.stderr

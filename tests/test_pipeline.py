@@ -1,0 +1,117 @@
+"""The end-to-end pipeline on the tiny preset: caching, point edits without diffusion work, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anyword.diffusion import DiffusionSettings, LearningSettings
+from anyword.images import load_image
+from anyword.pipeline import PipelineSettings, SegmentAnyword
+from anyword.prompts import PromptSettings
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PHOTO = ASSETS / "chelsea.png"  # 451 x 300, a real non-square photo
+CAPTION = "A tabby cat with big green eyes and a pink nose."
+QUICK = PipelineSettings(
+    diffusion=DiffusionSettings(inversion_steps=6, learning=LearningSettings(steps=2, batch_size=2))
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline(nlp):
+    from anyword.parsing import SpacyParser
+
+    return SegmentAnyword("tiny", parser=SpacyParser(nlp=nlp), settings=QUICK, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def first(pipeline):
+    return pipeline.run(PHOTO, CAPTION)
+
+
+def test_result_holds_everything_at_the_original_size(first):
+    assert first.image_size == (451, 300)
+    assert [c.noun for c in first.concepts] == ["cat", "eyes", "nose"]
+    for concept in first.concepts:
+        assert first.masks[concept.id].shape == (300, 451) and first.masks[concept.id].dtype == bool
+        assert first.heatmap(concept.id).shape == (300, 451)
+        assert 0.0 <= first.scores[concept.id] <= 1.0
+        assert all(0 <= p.x < 451 and 0 <= p.y < 300 for p in first.prompts.for_concept(concept.id))
+    data = first.to_dict()
+    assert data["image"] == {"width": 451, "height": 300} and data["random_weights"] is True
+    assert data["models"]["backbone"] == "tiny" and data["models"]["segmenter"] == "sam-tiny"
+    assert data["settings"]["prompts"]["threshold"] == 0.7
+    assert [c["noun"] for c in data["concepts"]] == ["cat", "eyes", "nose"]
+    assert {"attention_learn_s", "attention_invert_s", "attention_denoise_s", "total_s"} <= set(data["timings"])
+    assert any("random weights" in w for w in first.warnings)
+
+
+def test_point_edits_rerun_only_the_segmenter(pipeline, first, monkeypatch):
+    import anyword.pipeline as module
+
+    def no_diffusion(*args, **kwargs):
+        raise AssertionError("diffusion ran for a point edit")
+
+    monkeypatch.setattr(module, "extract_attention", no_diffusion)
+    before = dict(pipeline.counters)
+    edited = first.prompts.clear(0).add_point(0, 400.0, 250.0, 1)
+    again = pipeline.run(PHOTO, CAPTION, prompts=edited)
+    assert again.attention_cached and again.attention is first.attention
+    assert pipeline.counters["unet_calls"] == before["unet_calls"]
+    assert pipeline.counters["attention"] == before["attention"]
+    assert pipeline.counters["embed"] == before["embed"]  # SAM's image embedding is reused
+    assert pipeline.counters["decode"] == before["decode"] + 3
+    assert "attention_learn_s" not in again.timings
+    assert not np.array_equal(again.masks[0], first.masks[0])
+    np.testing.assert_array_equal(again.masks[1], first.masks[1])  # untouched concepts keep their masks
+
+    # New prompt settings re-sample points from the cached maps, still without diffusion.
+    resampled = pipeline.run(
+        PHOTO, CAPTION, settings=dataclasses.replace(QUICK, prompts=PromptSettings(threshold=0.5, r1=False))
+    )
+    assert resampled.attention_cached and pipeline.counters["unet_calls"] == before["unet_calls"]
+
+
+def test_new_caption_or_image_recomputes_what_depends_on_it(pipeline, first):
+    before = dict(pipeline.counters)
+    pipeline.run(PHOTO, "a cat with a pink nose")
+    assert pipeline.counters["attention"] == before["attention"] + 1
+    assert pipeline.counters["embed"] == before["embed"]  # same image: same SAM embedding
+    flipped = load_image(PHOTO)[:, ::-1].copy()
+    pipeline.run(flipped, "a cat with a pink nose")
+    assert pipeline.counters["attention"] == before["attention"] + 2
+    assert pipeline.counters["embed"] == before["embed"] + 1
+
+
+def test_same_seed_same_points_and_masks(nlp, first):
+    from anyword.parsing import SpacyParser
+
+    fresh = SegmentAnyword("tiny", parser=SpacyParser(nlp=nlp), settings=QUICK, device="cpu")
+    again = fresh.run(PHOTO, CAPTION)
+    assert again.prompts.points == first.prompts.points
+    for cid in first.masks:
+        np.testing.assert_array_equal(again.masks[cid], first.masks[cid])
+    other = fresh.run(PHOTO, CAPTION, settings=QUICK.with_seed(7))
+    assert other.prompts.points != first.prompts.points
+
+
+def test_plain_segmenter_outputs_the_thresholded_maps(nlp):
+    from anyword.parsing import SpacyParser
+
+    plain = SegmentAnyword("tiny", segmenter="plain", parser=SpacyParser(nlp=nlp), settings=QUICK, device="cpu")
+    result = plain.run(PHOTO, "a cat with a pink nose")
+    for concept in result.concepts:
+        np.testing.assert_array_equal(result.masks[concept.id], result.heatmap(concept.id) >= 0.7)
+    assert result.models["segmenter"] == "plain"
+
+
+def test_edited_parse_is_honoured(pipeline):
+    parse = pipeline.parse(CAPTION).drop_concept(1)
+    result = pipeline.run(PHOTO, parse)
+    assert [c.noun for c in result.concepts] == ["cat", "nose"]
+    with pytest.raises(ValueError, match="belong to a"):
+        pipeline.segment(load_image(PHOTO)[:100], parse, result.attention, result.prompts)

@@ -1,0 +1,130 @@
+"""Segmenters (tiny SAM, plain) and checkpoint fetching with sha256 checks."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from anyword.downloads import Checkpoint, fetch
+from anyword.errors import ModelUnavailableError
+from anyword.segment import MaskRequest, PlainSegmenter, make_segmenter
+from anyword.segment.sam import SAM_CHECKPOINTS, SamSegmenter
+
+
+@pytest.fixture()
+def file_server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_downloads_verifies_and_reuses(file_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ANYWORD_OFFLINE", raising=False)
+    root, url = file_server
+    payload = bytes(range(256)) * 5000
+    (root / "weights.pth").write_bytes(payload)
+    checkpoint = Checkpoint("weights.pth", f"{url}/weights.pth", hashlib.sha256(payload).hexdigest(), "sam")
+    cache = tmp_path / "cache"
+    path = fetch(checkpoint, cache, progress=False)
+    assert path == cache / "sam" / "weights.pth" and path.read_bytes() == payload
+    (root / "weights.pth").unlink()  # a second call uses the cache, no network
+    assert fetch(checkpoint, cache, progress=False) == path
+
+    path.write_bytes(b"tampered")
+    with pytest.raises(ModelUnavailableError, match="expected"):
+        fetch(checkpoint, cache, progress=False)
+
+
+def test_fetch_rejects_a_bad_download_and_keeps_nothing(file_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ANYWORD_OFFLINE", raising=False)
+    root, url = file_server
+    (root / "weights.pth").write_bytes(b"evil bytes")
+    checkpoint = Checkpoint("weights.pth", f"{url}/weights.pth", "0" * 64)
+    with pytest.raises(ModelUnavailableError, match="corrupt or was tampered with"):
+        fetch(checkpoint, tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+    missing = Checkpoint("nope.pth", f"{url}/nope.pth", "0" * 64)
+    with pytest.raises(ModelUnavailableError, match=r"downloading .* failed"):
+        fetch(missing, tmp_path / "cache", progress=False)
+
+
+def test_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANYWORD_OFFLINE", "1")
+    monkeypatch.setenv("ANYWORD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelUnavailableError) as raised:
+        SamSegmenter.load("vit_h")
+    message = str(raised.value)
+    assert "sam_vit_h_4b8939.pth" in message and SAM_CHECKPOINTS["vit_h"].url in message
+    assert str(tmp_path / "cache" / "sam") in message
+
+
+class Payload:
+    """Stands for any object a malicious pickle could build."""
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Payload()}, evil)  # a pickle with an arbitrary object
+    with pytest.raises(ModelUnavailableError, match="not a loadable SAM checkpoint"):
+        SamSegmenter.load("vit_b", checkpoint=evil)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(2)}, wrong)
+    with pytest.raises(ModelUnavailableError, match="does not hold SAM vit_b weights"):
+        SamSegmenter.load("vit_b", checkpoint=wrong)
+
+
+def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
+    segmenter = make_segmenter("sam", sam_model="tiny", device="cpu")
+    assert segmenter.name == "sam-tiny" and segmenter.random_weights
+    rng = np.random.default_rng(0)
+    image = (rng.random((70, 130, 3)) * 255).astype(np.uint8)
+    embedding = segmenter.embed(image)
+    assert embedding.features.device.type == "cpu" and embedding.original_size == (70, 130)
+    request = MaskRequest(
+        points=np.array([[100.0, 20.0], [10.0, 60.0]], dtype=np.float32),
+        labels=np.array([1, 0], dtype=np.int32),
+        heatmap=np.zeros((70, 130), np.float32),
+    )
+    first = segmenter.segment(embedding, request)
+    assert first.mask.shape == (70, 130) and first.mask.dtype == bool and 0.0 <= first.score <= 1.0
+    assert np.array_equal(segmenter.segment(embedding, request).mask, first.mask)
+    moved = MaskRequest(
+        points=np.array([[5.0, 5.0]], dtype=np.float32), labels=np.array([1], dtype=np.int32), heatmap=request.heatmap
+    )
+    assert not np.array_equal(segmenter.segment(embedding, moved).mask, first.mask)  # prompts matter
+    only_negative = MaskRequest(points=request.points[1:], labels=request.labels[1:], heatmap=request.heatmap)
+    assert not segmenter.segment(embedding, only_negative).mask.any()
+
+
+def test_plain_segmenter_thresholds_the_map():
+    heatmap = np.zeros((30, 50), dtype=np.float32)
+    heatmap[5:10, 20:40] = 0.9
+    heatmap[20:25, 0:5] = 0.6
+    prediction = PlainSegmenter().segment((30, 50), MaskRequest(np.zeros((0, 2)), np.zeros(0), heatmap, 0.7))
+    assert prediction.mask.sum() == 100 and prediction.mask[7, 30] and not prediction.mask[22, 2]
+    assert prediction.score == pytest.approx(0.9)
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        make_segmenter("magic")
+    with pytest.raises(ValueError, match="unknown SAM model"):
+        SamSegmenter.load("vit_z")
