@@ -284,6 +284,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
     )
+    if args.edit:
+        from anyword.bench import run_edit_benchmark
+
+        result.update(run_edit_benchmark(args.preset, device=args.device, dtype=args.dtype, seed=args.seed))
     if args.json:
         print(json.dumps(result))
     else:
@@ -386,6 +390,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     bench.add_argument("--learning-steps", type=_positive_int, default=5, help="timed prompt-learning steps")
     bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved denoising runs (median)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--edit", action="store_true", help="also time a full pipeline run against re-segmenting after a point edit"
+    )
     bench.add_argument("--json", action="store_true", help="print exactly one JSON object")
     bench.set_defaults(handler=cmd_bench)
     return parser

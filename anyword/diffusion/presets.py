@@ -228,8 +228,15 @@ def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torc
             text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     scheduler = DDIMScheduler.from_config({**clean(configs["scheduler"]), **DDIM_OVERRIDES})
     if dtype != torch.float32:
-        for module in (unet, vae, text_encoder):
-            module.to(dtype)
+        # diffusers warns about casting with .to(); these configs keep no module in fp32, so the warning is noise.
+        diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = diffusers_logger.level
+        diffusers_logger.setLevel(logging.ERROR)
+        try:
+            for module in (unet, vae, text_encoder):
+                module.to(dtype)
+        finally:
+            diffusers_logger.setLevel(level)
     return Backbone(
         name=spec.name,
         unet=unet,

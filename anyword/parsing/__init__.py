@@ -11,6 +11,7 @@ from anyword.parsing.concepts import (
     ParseResult,
     ParseSettings,
     check_caption,
+    concepts_from_entries,
     find_word,
 )
 from anyword.parsing.openai_parser import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, OpenAIParser
@@ -58,6 +59,7 @@ __all__ = [
     "ParseSettings",
     "SpacyParser",
     "check_caption",
+    "concepts_from_entries",
     "find_word",
     "load_spacy_model",
     "make_parser",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -376,3 +376,54 @@ def _distance(a: Span, b: Span) -> int:
 def _match_key(word: str, candidates: Sequence[str]) -> str | None:
     lowered = word.lower()
     return next((c for c in candidates if c.lower() == lowered), None)
+
+
+def concepts_from_entries(caption: str, entries: Sequence[Mapping]) -> tuple[Concept, ...]:
+    """Place ``{noun, adjectives, phrase, kind}`` entries (words of the caption) on the caption.
+
+    Each occurrence of an entry's phrase containing its noun is a mention; if the phrase does not occur literally,
+    the first unclaimed occurrence of the noun is. Used for LLM answers and for hand-written concept lists.
+    """
+    claimed: set[Span] = set()
+    concepts = []
+    # Longer phrases claim their noun occurrences first, so "black dog" and "dog" do not both take "black dog".
+    for entry in sorted(entries, key=lambda e: -len(e.get("phrase", e["noun"]))):
+        mentions = []
+        for phrase_span in find_word(caption, entry.get("phrase", entry["noun"])):
+            noun_span = _find_within(caption, entry["noun"], phrase_span)
+            if noun_span is None or noun_span in claimed:
+                continue
+            adjectives = tuple(
+                (adjective, span)
+                for adjective in entry.get("adjectives", [])
+                if (span := _find_within(caption, adjective, phrase_span)) is not None
+            )
+            mentions.append(Mention(span=phrase_span, noun=noun_span, adjectives=adjectives))
+            claimed.add(noun_span)
+        if not mentions:  # the phrase is not literal: fall back to the noun's unclaimed occurrences
+            for noun_span in find_word(caption, entry["noun"]):
+                if noun_span not in claimed:
+                    mentions.append(Mention(span=noun_span, noun=noun_span))
+                    claimed.add(noun_span)
+                    break
+        if mentions:
+            concepts.append((entry, tuple(sorted(mentions, key=lambda m: m.span))))
+    concepts.sort(key=lambda item: item[1][0].span[0])
+    return tuple(
+        Concept(
+            id=index,
+            phrase=entry.get("phrase", entry["noun"]),
+            noun=caption[mentions[0].noun[0] : mentions[0].noun[1]],
+            adjectives=tuple(dict.fromkeys(entry.get("adjectives", []))),
+            mentions=mentions,
+            kind=entry.get("kind", OBJECT),
+        )
+        for index, (entry, mentions) in enumerate(concepts)
+    )
+
+
+def _find_within(caption: str, word: str, span: Span) -> Span | None:
+    for found in find_word(caption, word):
+        if span[0] <= found[0] and found[1] <= span[1]:
+            return found
+    return None

@@ -17,12 +17,10 @@ from anyword.errors import AnywordError, ParserUnavailableError
 from anyword.parsing.concepts import (
     OBJECT,
     PREDICATE,
-    Concept,
-    Mention,
     ParseResult,
     ParseSettings,
-    Span,
     check_caption,
+    concepts_from_entries,
     find_word,
 )
 
@@ -148,7 +146,7 @@ class OpenAIParser:
                 "the model returned words that are not in the caption: " + ", ".join(repr(w) for w in rejected),
                 rejected_words=tuple(rejected),
             )
-        concepts = _to_concepts(caption, entries)
+        concepts = concepts_from_entries(caption, entries)
         if not concepts:
             raise LLMParseError("the model found no concept in the caption")
         return ParseResult(caption=caption, concepts=concepts, parser=self.name, requested_parser=self.name)
@@ -249,50 +247,3 @@ def _words_not_in(caption: str, entries: list[dict]) -> list[str]:
             if not find_word(caption, word) and word not in rejected:
                 rejected.append(word)
     return rejected
-
-
-def _to_concepts(caption: str, entries: list[dict]) -> tuple[Concept, ...]:
-    """Place the model's entries on the caption: each phrase occurrence (or bare noun occurrence) is a mention."""
-    claimed: set[Span] = set()
-    concepts = []
-    # Longer phrases claim their noun occurrences first, so "black dog" and "dog" do not both take "black dog".
-    for entry in sorted(entries, key=lambda e: -len(e["phrase"])):
-        mentions = []
-        for phrase_span in find_word(caption, entry["phrase"]):
-            noun_span = _find_within(caption, entry["noun"], phrase_span)
-            if noun_span is None or noun_span in claimed:
-                continue
-            adjectives = tuple(
-                (adjective, span)
-                for adjective in entry["adjectives"]
-                if (span := _find_within(caption, adjective, phrase_span)) is not None
-            )
-            mentions.append(Mention(span=phrase_span, noun=noun_span, adjectives=adjectives))
-            claimed.add(noun_span)
-        if not mentions:  # the phrase is not literal: fall back to the noun's unclaimed occurrences
-            for noun_span in find_word(caption, entry["noun"]):
-                if noun_span not in claimed:
-                    mentions.append(Mention(span=noun_span, noun=noun_span))
-                    claimed.add(noun_span)
-                    break
-        if mentions:
-            concepts.append((entry, tuple(sorted(mentions, key=lambda m: m.span))))
-    concepts.sort(key=lambda item: item[1][0].span[0])
-    return tuple(
-        Concept(
-            id=index,
-            phrase=entry["phrase"],
-            noun=caption[mentions[0].noun[0] : mentions[0].noun[1]],
-            adjectives=tuple(dict.fromkeys(entry["adjectives"])),
-            mentions=mentions,
-            kind=entry["kind"],
-        )
-        for index, (entry, mentions) in enumerate(concepts)
-    )
-
-
-def _find_within(caption: str, word: str, span: Span) -> Span | None:
-    for found in find_word(caption, word):
-        if span[0] <= found[0] and found[1] <= span[1]:
-            return found
-    return None
