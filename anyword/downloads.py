@@ -63,22 +63,17 @@ def fetch(checkpoint: Checkpoint, folder: Path | None = None, timeout_s: float =
 
     A cached file is hashed once; a marker beside it (size and mtime) spares later loads the re-hash.
     """
-    folder = (folder or cache_dir()) / checkpoint.subfolder
+    root = folder or cache_dir()
+    folder = root / checkpoint.subfolder
     path = folder / checkpoint.filename
     if path.is_file():
         _verify(path, checkpoint)
         return path
 
     where = f"Put {checkpoint.filename} (from {checkpoint.url}) into {folder}"
-    if offline():
-        raise ModelUnavailableError(
-            f"{checkpoint.filename} is not in {folder} and downloads are off (offline). {where}."
-        )
-    if not reachable(checkpoint.url):
-        raise ModelUnavailableError(
-            f"{checkpoint.filename} is not in {folder} and {urlparse(checkpoint.url).netloc}"
-            f" cannot be reached (offline?). {where}."
-        )
+    reason = unavailable_reason(checkpoint, root)
+    if reason is not None:
+        raise ModelUnavailableError(reason)
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
@@ -103,6 +98,20 @@ def fetch(checkpoint: Checkpoint, folder: Path | None = None, timeout_s: float =
     partial.replace(path)
     _write_marker(path)
     return path
+
+
+def unavailable_reason(checkpoint: Checkpoint, root: Path | None = None) -> str | None:
+    """Why ``checkpoint`` cannot be had here (not cached, and downloads off or impossible), or ``None``."""
+    folder = (root or cache_dir()) / checkpoint.subfolder
+    if (folder / checkpoint.filename).is_file():
+        return None
+    where = f"Put {checkpoint.filename} (from {checkpoint.url}) into {folder}"
+    if offline():
+        return f"{checkpoint.filename} is not in {folder} and downloads are off (offline). {where}."
+    if not reachable(checkpoint.url):
+        host = urlparse(checkpoint.url).netloc
+        return f"{checkpoint.filename} is not in {folder} and {host} cannot be reached (offline?). {where}."
+    return None
 
 
 def _marker(path: Path) -> Path:

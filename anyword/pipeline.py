@@ -342,14 +342,17 @@ class SegmentAnyword:
         self.counters["prompts"] += 1
         return make_prompts(parse.concepts, maps.concept_map, adjective_map, settings or self.settings.prompts)
 
-    def embed(self, image: np.ndarray, digest: str | None = None) -> tuple[Any, bool]:
+    def embed(
+        self, image: np.ndarray, digest: str | None = None, segmenter: Segmenter | None = None
+    ) -> tuple[Any, bool]:
         """The segmenter's per-image embedding (cached); returns ``(embedding, from_cache)``."""
-        key = (digest or image_digest(image), self.segmenter.name)
+        segmenter = segmenter or self.segmenter
+        key = (digest or image_digest(image), segmenter.name)
         with self._lock:
             cached = self._embeddings.get(key)
         if cached is not None:
             return cached, True
-        embedding = self.segmenter.embed(image)
+        embedding = segmenter.embed(image)
         self.counters["embed"] += 1
         with self._lock:
             self._embeddings.put(key, embedding)
@@ -363,11 +366,16 @@ class SegmentAnyword:
         prompts: PromptSet,
         threshold: float | None = None,
         digest: str | None = None,
+        segmenter: Segmenter | None = None,
     ) -> tuple[dict, dict]:
-        """One mask and score per concept, from its points (and heatmap, for the plain backend)."""
+        """One mask and score per concept, from its points (and heatmap, for the plain backend).
+
+        ``segmenter`` overrides the pipeline's own for this call (the evaluation compares backends).
+        """
         if (prompts.width, prompts.height) != (image.shape[1], image.shape[0]):
             raise ValueError(f"these points belong to a {prompts.width}x{prompts.height} image, not this one")
-        embedding, _ = self.embed(image, digest)
+        segmenter = segmenter or self.segmenter
+        embedding, _ = self.embed(image, digest, segmenter)
         threshold = threshold if threshold is not None else prompts.settings.threshold
         masks, scores = {}, {}
         for concept in parse.concepts:
@@ -375,7 +383,7 @@ class SegmentAnyword:
             request = MaskRequest(
                 points=points, labels=labels, heatmap=attention.maps.concept_map(concept.id), threshold=threshold
             )
-            prediction = self.segmenter.segment(embedding, request)
+            prediction = segmenter.segment(embedding, request)
             masks[concept.id], scores[concept.id] = prediction.mask, prediction.score
             self.counters["decode"] += 1
         return masks, scores
@@ -389,11 +397,14 @@ class SegmentAnyword:
         *,
         prompts: PromptSet | None = None,
         settings: PipelineSettings | None = None,
+        attention: AttentionResult | None = None,
     ) -> SegmentationResult:
         """Segment every concept of ``caption`` in ``image``.
 
         ``caption`` may be a :class:`ParseResult` (e.g. edited by the user). ``prompts`` replaces the sampled
         points (user edits); only the segmenter runs then, since attention and embedding are cached.
+        ``attention`` reuses a result computed earlier for this image and parse (the demo keeps it per session,
+        so a busy shared cache can never send a point edit back to the diffusion model).
         """
         settings = settings or self.settings
         timings: dict[str, float] = {}
@@ -404,7 +415,16 @@ class SegmentAnyword:
         timings["parse_s"] = time.perf_counter() - started
 
         mark = time.perf_counter()
-        attention, cached = self.attend(array, parse, settings.diffusion, digest)
+        if attention is not None:
+            if (
+                attention.maps.alignment.caption != parse.caption
+                or attention.maps.frame.width != array.shape[1]
+                or (attention.maps.frame.height != array.shape[0])
+            ):
+                raise ValueError("this attention result belongs to another image or caption")
+            cached = True
+        else:
+            attention, cached = self.attend(array, parse, settings.diffusion, digest)
         timings["attention_s"] = time.perf_counter() - mark
         if not cached:
             timings.update({f"attention_{k}_s": v for k, v in attention.timings.items()})

@@ -46,8 +46,11 @@ def sam_timing() -> dict:
     segmenter.embed(image)  # warm-up
     embeds = [timed(lambda: segmenter.embed(image))[0] for _ in range(3)]
     embedding = segmenter.embed(image)
-    request = MaskRequest(points=np.array([[500, 300], [520, 320], [100, 100], [900, 700]], dtype=np.float32),
-                          labels=np.array([1, 1, 0, 0], dtype=np.int32), heatmap=np.zeros((768, 1024), np.float32))
+    request = MaskRequest(
+        points=np.array([[500, 300], [520, 320], [100, 100], [900, 700]], dtype=np.float32),
+        labels=np.array([1, 1, 0, 0], dtype=np.int32),
+        heatmap=np.zeros((768, 1024), np.float32),
+    )
     segmenter.segment(embedding, request)
     decodes = [timed(lambda: segmenter.segment(embedding, request))[0] for _ in range(20)]
     return {
@@ -71,8 +74,12 @@ def pipeline_smoke(preset: str, learning_steps: int) -> dict:
     pipeline = SegmentAnyword(preset, device="cuda")
     load_s, _ = timed(lambda: (pipeline.backbone, pipeline.segmenter))
     settings = pipeline.settings
-    settings = dataclasses.replace(settings, diffusion=dataclasses.replace(
-        settings.diffusion, learning=dataclasses.replace(settings.diffusion.learning, steps=learning_steps)))
+    settings = dataclasses.replace(
+        settings,
+        diffusion=dataclasses.replace(
+            settings.diffusion, learning=dataclasses.replace(settings.diffusion.learning, steps=learning_steps)
+        ),
+    )
     image = load_image(ROOT / "assets" / "astronaut.png")
     parse = ParseResult(ASTRONAUT, concepts_from_entries(ASTRONAUT, ASTRONAUT_CONCEPTS), "fixed", "fixed")
     first_s, result = timed(lambda: pipeline.run(image, parse, settings=settings))
@@ -91,8 +98,10 @@ def pipeline_smoke(preset: str, learning_steps: int) -> dict:
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "prompt_learning_steps": learning_steps,
         "prompt_learning_s_per_step": learn_per_step,
-        "estimated_paper_1100_steps_s": learn_per_step * 1100 + timings["attention_invert_s"]
-        + timings["attention_denoise_s"] + timings["segment_s"],
+        "estimated_paper_1100_steps_s": learn_per_step * 1100
+        + timings["attention_invert_s"]
+        + timings["attention_denoise_s"]
+        + timings["segment_s"],
         "resegment_after_edit_s": statistics.median(edit_times),
         "resegment_speedup": first_s / statistics.median(edit_times),
         "losses_finite": bool(np.isfinite(losses).all()) if losses else None,

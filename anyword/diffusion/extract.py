@@ -148,6 +148,7 @@ def extract_attention(
         recorder.active = False
         token_grids = recorder.average()
     mse = float(torch.mean((final.float() - latents.float()) ** 2))
+    embeddings.vectors = embeddings.vectors.detach().cpu()  # results live on the CPU (per-session state)
     logger.info("diffusion stage: %s, reconstruction MSE %.3g", {k: round(v, 2) for k, v in timings.items()}, mse)
     return AttentionResult(
         maps=AttentionMaps(token_grids=token_grids, frame=frame, alignment=alignment),

@@ -309,56 +309,82 @@ def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | Non
         return str(path), variant if _has_weights(path, variant) else None
     if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "org/name" hub id
         raise ModelUnavailableError(f"model folder not found: {model}")
+    cached = _cached_snapshot(model, variant)
+    if cached is not None:
+        return cached
+    reason = hub_unavailable_reason(model, variant)
+    if reason is not None:
+        raise ModelUnavailableError(reason)
+    return _download(model, variant)
 
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+def _patterns(variant: str | None) -> list[str]:
+    suffix = f".{variant}.safetensors" if variant else ".safetensors"
+    return [*_CONFIGS, *(f"{part}/{stem}{suffix}" for part, stem in _WEIGHTS.items())]
+
+
+def _cached_snapshot(model: str, variant: str | None) -> tuple[str, str | None] | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     for candidate in dict.fromkeys([variant, None]):
-        patterns = [
-            *_CONFIGS,
-            *(f"{part}/{stem}{'.' + candidate if candidate else ''}.safetensors" for part, stem in _WEIGHTS.items()),
-        ]
         try:
-            folder = Path(snapshot_download(model, allow_patterns=patterns, local_files_only=True))
-            if _has_weights(folder, candidate):
-                return str(folder), candidate
+            folder = Path(snapshot_download(model, allow_patterns=_patterns(candidate), local_files_only=True))
         except LocalEntryNotFoundError:
-            pass
+            continue
+        if _has_weights(folder, candidate):
+            return str(folder), candidate
+    return None
 
-    how = (
+
+def _how_to_get(model: str) -> str:
+    return (
         f"To get them, run `hf download {model}` on a machine with network (or copy its Hugging Face cache "
         f"folder here), or pass a local diffusers folder with --model PATH. Without them, --preset tiny runs the "
         "whole pipeline with random weights."
     )
+
+
+def hub_unavailable_reason(model: str, variant: str | None = None) -> str | None:
+    """Why hub model ``model`` cannot be loaded here (not cached and no way to download it), or ``None``.
+
+    Fast: looks at the cache, ``HF_HUB_OFFLINE`` and whether the hub answers within seconds; downloads nothing.
+    """
+    from huggingface_hub import constants
+
+    if _cached_snapshot(model, variant) is not None:
+        return None
     cache = constants.HF_HUB_CACHE
     if constants.HF_HUB_OFFLINE:
-        raise ModelUnavailableError(
-            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is "
-            f"set. {how}"
+        return (
+            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
+            f"is set. {_how_to_get(model)}"
         )
-    endpoint = constants.ENDPOINT
-    if not reachable(endpoint):
-        raise ModelUnavailableError(
-            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and {endpoint} cannot "
-            f"be reached (offline?). {how}"
+    if not reachable(constants.ENDPOINT):
+        return (
+            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and "
+            f"{constants.ENDPOINT} cannot be reached (offline?). {_how_to_get(model)}"
         )
-    logger.warning("downloading %s into %s (first use only)", model, cache)
+    return None
+
+
+def _download(model: str, variant: str | None) -> tuple[str, str | None]:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    logger.warning("downloading %s into %s (first use only)", model, constants.HF_HUB_CACHE)
     last_error: Exception | None = None
     for candidate in dict.fromkeys([variant, None]):
-        patterns = [
-            *_CONFIGS,
-            *(f"{part}/{stem}{'.' + candidate if candidate else ''}.safetensors" for part, stem in _WEIGHTS.items()),
-        ]
         try:
-            folder = Path(snapshot_download(model, allow_patterns=patterns))
+            folder = Path(snapshot_download(model, allow_patterns=_patterns(candidate)))
         except (HfHubHTTPError, OSError) as error:
             last_error = error
             continue
         if _has_weights(folder, candidate):
             return str(folder), candidate
     raise ModelUnavailableError(
-        f"could not download Stable Diffusion weights '{model}' into {cache}: {last_error or 'no safetensors found'}."
-        f" {how}"
+        f"could not download Stable Diffusion weights '{model}' into {constants.HF_HUB_CACHE}: "
+        f"{last_error or 'no safetensors found'}. {_how_to_get(model)}"
     )
 
 

@@ -1,0 +1,125 @@
+"""The ``shapes`` preset: a tiny text-to-image diffusion model trained in this repository on synthetic scenes.
+
+Same component classes as Stable Diffusion (diffusers ``UNet2DConditionModel`` with cross-attention, DDIM, a
+transformers ``CLIPTextModel`` with the real CLIP tokenizer), except that it works in pixel space: there is no VAE,
+the "latent" is the 64x64 RGB image scaled to [-1, 1] (``Backbone.vae = None``). It predicts v rather than epsilon
+(with epsilon-prediction the same budget did not bind words to objects), so inversion, direct inversion and the
+prompt-learning loss honour ``prediction_type``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from anyword.errors import ModelUnavailableError
+
+RESOLUTION = 64
+
+UNET_CONFIG = {
+    "sample_size": RESOLUTION,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 1,
+    "block_out_channels": [16, 32, 64],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    # 32x32 layers attend to the text only (no 1024-token self-attention: cheap enough for a CPU).
+    "only_cross_attention": [False, True, False],
+    "cross_attention_dim": 64,
+    "attention_head_dim": [4, 8, 16],  # diffusers' legacy name for the number of heads: head size 4
+    "norm_num_groups": 8,
+}
+TEXT_CONFIG = {
+    "vocab_size": 49408,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 64,
+}
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+# Settings this model works best with (measured on the training split, see docs/benchmarks.md): its cross-attention
+# localises best at small t and at both 16x16 and 32x32.
+SHAPES_DEFAULTS = {
+    "attention_resolutions": (16, 32),
+    "attention_timesteps": (0, 400),
+    "learning_steps": 60,
+    "learning_timesteps": (0, 600),
+    "inversion_steps": 50,
+}
+WEIGHT_FILES = ("unet.safetensors", "text_encoder.safetensors", "model.json")
+
+
+def weights_dir() -> Path:
+    return Path(str(resources.files("anyword") / "data" / "shapes"))
+
+
+def build_models(seed: int = 0):
+    """Fresh (untrained) UNet and text encoder with the preset's configs, seeded."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    return unet, text_encoder
+
+
+def make_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def load_shapes_backbone(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: str | Path | None = None
+):
+    """The trained shapes model from the package's safetensors (no network)."""
+    from safetensors.torch import load_file
+
+    from anyword.diffusion.backbone import Backbone
+    from anyword.tokens import load_tokenizer
+
+    folder = Path(folder) if folder else weights_dir()
+    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelUnavailableError(
+            f"the shapes model is missing {', '.join(missing)} in {folder}; train it with "
+            "`python -m anyword.shapes.train` (see docs/benchmarks.md)"
+        )
+    unet, text_encoder = build_models()
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet.safetensors")).items()})
+    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
+    info = json.loads((folder / "model.json").read_text())
+    device = torch.device(device)
+    return Backbone(
+        name="shapes",
+        unet=unet.to(device, dtype),
+        text_encoder=text_encoder.to(device, dtype),
+        tokenizer=load_tokenizer(),
+        scheduler=make_scheduler(),
+        vae=None,
+        resolution=RESOLUTION,
+        device=device,
+        dtype=dtype,
+        random_weights=False,
+        source=f"anyword/data/shapes (trained {info.get('steps', '?')} steps, seed {info.get('seed', '?')})",
+        defaults=dict(SHAPES_DEFAULTS),
+    )

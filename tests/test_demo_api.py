@@ -1,0 +1,46 @@
+"""The demo as a server, driven through its API with gradio_client (tiny preset)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradio_client import Client, handle_file
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CAPTION = "a red espresso cup on a red saucer with a silver spoon"
+# Each event returns the notice line, then the page parts it owns (see demo/ui.py): parse -> highlight, concepts,
+# ...; compute -> gallery, editor, ...; segment -> annotated masks; export -> download, result JSON.
+NOTICE, CONCEPTS, GALLERY, ANNOTATED, DOWNLOAD, RESULT = 0, 2, 1, 1, 1, 2
+
+
+def test_parse_compute_segment_through_the_api(demo_server, tmp_path):
+    client = Client(demo_server, verbose=False, download_files=str(tmp_path))
+    client.predict(handle_file(str(ASSETS / "coffee.png")), api_name="/set_image")
+    parsed = client.predict(CAPTION, "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    assert "3 concepts found by spacy" in parsed[NOTICE]
+    assert [row[1] for row in parsed[CONCEPTS]["data"]] == ["red espresso cup", "red saucer", "silver spoon"]
+
+    computed = client.predict("tiny", "custom", 2, 0, 0.7, True, True, api_name="/compute")
+    assert "RANDOM WEIGHTS" in computed[NOTICE] and "2 prompt-learning steps" in computed[NOTICE]
+    assert len(computed[GALLERY]) == 6  # 3 concepts + 3 bound adjectives
+
+    segmented = client.predict(0.7, api_name="/segment")
+    assert "Segmented 3 concepts" in segmented[NOTICE]
+    assert len(segmented[ANNOTATED]["annotations"]) == 3
+    exported = client.predict(api_name="/export")
+    result = exported[RESULT]
+    assert result["caption"] == CAPTION and result["image"] == {"width": 600, "height": 400}
+    assert [c["phrase"] for c in result["concepts"]] == ["red espresso cup", "red saucer", "silver spoon"]
+    assert Path(exported[DOWNLOAD]).suffix == ".zip" and Path(exported[DOWNLOAD]).stat().st_size > 1000
+
+
+def test_errors_come_back_as_messages_and_the_server_keeps_serving(demo_server):
+    client = Client(demo_server, verbose=False)
+    # No image, no parse: the warning is shown, nothing changes, and the next request is served normally.
+    unchanged = client.predict(0.7, api_name="/segment")
+    assert "Compute attention first" in unchanged[NOTICE]
+    assert unchanged[ANNOTATED] == {"__type__": "update"}  # left as it was
+    refused = client.predict("hello!!", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    assert "no nouns found" in refused[NOTICE] and refused[CONCEPTS] == {"__type__": "update"}
+    parsed = client.predict("a dog on a sofa", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    assert "2 concepts found" in parsed[NOTICE]

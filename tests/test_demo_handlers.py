@@ -1,0 +1,189 @@
+"""Demo handlers called directly (no server): the flow, point editing with real select events, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from anyword.errors import AnywordError
+from demo import handlers as h
+from demo.models import ModelHub
+from demo.state import DISPLAY_MAX_SIDE, Session
+from tests.fake_openai import Reply
+from tests.test_images import huge_png_header
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CAPTION = "a red espresso cup on a red saucer with a silver spoon"
+
+
+@pytest.fixture(scope="module")
+def hub(nlp):
+    return ModelHub(device="cpu", nlp=nlp)
+
+
+def compute_quick(hub, session, seed=0):
+    return h.compute(hub, session, "tiny", h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
+
+
+@pytest.fixture(scope="module")
+def computed(hub, nlp):
+    session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+    session, _ = h.parse_caption(session, CAPTION, h.PARSER_SPACY, nlp=nlp)
+    session, view = compute_quick(hub, session)
+    return session, view
+
+
+def select(x, y):
+    return gr.SelectData(target=None, data={"index": [x, y], "value": None, "selected": True})
+
+
+def test_parse_view_highlights_nouns_and_adjectives(nlp):
+    _, view = h.parse_caption(Session(), "a red cup and a big silver spoon", h.PARSER_SPACY, nlp=nlp)
+    assert ("cup", "noun") in view["highlight"] and ("spoon", "noun") in view["highlight"]
+    assert ("red", "adjective") in view["highlight"] and ("silver", "adjective") in view["highlight"]
+    assert "".join(text for text, _ in view["highlight"]) == "a red cup and a big silver spoon"
+    assert view["concept_choices"] == ["0: red cup", "1: big silver spoon"]
+    assert view["concepts"][1][:4] == [1, "big silver spoon", "spoon", "big, silver"]
+
+
+def test_compute_shows_maps_and_points(computed):
+    session, view = computed
+    assert session.attention is not None and session.prompts is not None
+    labels = [title for _, title in view["gallery"]]
+    assert labels == [  # a panel per concept and per bound adjective
+        "0: red espresso cup",
+        "0: 'red' of cup",
+        "1: red saucer",
+        "1: 'red' of saucer",
+        "2: silver spoon",
+        "2: 'silver' of spoon",
+    ]
+    assert view["editor"].shape == (400, 600, 3)  # the editor shows the original 600x400 photo
+    assert "RANDOM WEIGHTS" in view["notice"]
+    assert view["concept_choice"] == "0: red espresso cup"
+
+
+def test_click_adds_a_point_in_image_pixels(computed):
+    session, _ = computed
+    before = len(session.prompts.for_concept(0))
+    session, view = h.select_point(session, h.MODE_NEGATIVE, select(590, 10))
+    points = session.prompts.for_concept(0)
+    assert len(points) == before + 1
+    assert (points[-1].x, points[-1].y, points[-1].label, points[-1].source) == (590.0, 10.0, 0, "user")
+    assert "negative point at (590, 10)" in view["notice"]
+    session, _ = h.undo(session)
+    assert len(session.prompts.for_concept(0)) == before
+    session, _ = h.clear(session)
+    assert session.prompts.for_concept(0) == ()
+    session, _ = h.reset(session)
+    assert session.prompts == session.sampled
+
+
+def test_clicks_on_a_downscaled_editor_map_back_exactly(hub, nlp, tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.full((700, 2400, 3), 90, dtype=np.uint8)).save(wide)  # shown at 1024 x 299
+    session, _ = h.set_image(Session(), str(wide))
+    session, _ = h.parse_caption(session, "a grey wall", h.PARSER_SPACY, nlp=nlp)
+    session, view = compute_quick(hub, session)
+    scale = DISPLAY_MAX_SIDE / 2400
+    assert view["editor"].shape == (round(700 * scale), DISPLAY_MAX_SIDE, 3)
+    session, _ = h.select_point(session, h.MODE_POSITIVE, select(1000, 100))
+    point = session.prompts.for_concept(0)[-1]
+    assert (point.x, point.y) == (round(1000 / scale), round(100 / scale))  # (2344, 342) in the original
+
+
+def test_segment_returns_masks_and_a_download(hub, computed):
+    session, _ = computed
+    session, _ = h.select_point(session, h.MODE_POSITIVE, select(300, 200))
+    session, view = h.segment(hub, session, 0.7)
+    base, annotations = view["annotated"]
+    assert base.shape == (400, 600, 3)
+    assert [label for _, label in annotations] == ["0: red espresso cup", "1: red saucer", "2: silver spoon"]
+    assert all(mask.shape == (400, 600) and mask.dtype == bool for mask, _ in annotations)
+    session, view = h.export(session)
+    points = view["result_json"]["concepts"][0]["points"]
+    assert {"x": 300.0, "y": 200.0, "label": 1, "source": "user"} in points
+    with zipfile.ZipFile(view["download"]) as archive:
+        names = set(archive.namelist())
+        assert {"result.json", "masks_coco.json", "overlay.png", "heatmaps.png", "masks/0_cup.png"} <= names
+        mask = Image.open(io.BytesIO(archive.read("masks/2_spoon.png")))
+        assert mask.size == (600, 400)
+        assert json.loads(archive.read("result.json"))["caption"] == CAPTION
+
+
+def test_threshold_and_regularisation_changes_resample_without_diffusion(hub, computed):
+    session, _ = computed
+    pipeline = hub.pipeline("tiny")
+    unet_calls = pipeline.counters["unet_calls"]
+    session, view = h.resample(hub, session, 0.5, False, False, 0)
+    assert pipeline.counters["unet_calls"] == unet_calls
+    assert all(p.source == "noun" for p in session.prompts.for_concept(0))  # no R1 adjective, no R2 negatives
+    assert "threshold 0.50" in view["notice"] and len(view["gallery"]) >= 3
+
+
+def test_concept_edits(nlp):
+    session, _ = h.parse_caption(Session(), "a red cup next to a spoon", h.PARSER_SPACY, nlp=nlp)
+    session, view = h.edit_concepts(session, h.ACTION_DROP, "1: spoon", "")
+    assert view["concept_choices"] == ["0: red cup"]
+    session, view = h.edit_concepts(session, h.ACTION_ADD, None, "spoon")
+    assert view["concept_choices"] == ["0: red cup", "1: spoon"]
+    session, view = h.edit_concepts(session, h.ACTION_UNBIND, "0: red cup", "red")
+    assert session.parse.concept(0).adjectives == ()
+    session, view = h.edit_concepts(session, h.ACTION_BIND, "1: spoon", "red")
+    assert session.parse.concept(1).adjectives == ("red",)
+    with pytest.raises(AnywordError, match="not a word of the caption"):
+        h.edit_concepts(session, h.ACTION_ADD, None, "fork")
+    with pytest.raises(AnywordError, match="Pick a concept"):
+        h.edit_concepts(session, h.ACTION_DROP, None, "")
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (lambda hub, s: h.compute(hub, Session(), "tiny", h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Upload an image"),
+        (lambda hub, s: h.compute(hub, s, "tiny", h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Parse the caption"),
+        (lambda hub, s: h.click(s, 10, 10, h.MODE_POSITIVE), "Compute attention first"),
+        (lambda hub, s: h.segment(hub, s, 0.7), "Compute attention first"),
+        (lambda hub, s: h.export(s), "Segment first"),
+        (lambda hub, s: h.undo(s), "Nothing to undo"),
+        (lambda hub, s: h.parse_caption(s, "  ", h.PARSER_SPACY), "Type a caption"),
+        (lambda hub, s: h.parse_caption(s, "hello!!", h.PARSER_SPACY), "no nouns"),
+        (lambda hub, s: h.compute(hub, s, "tiny", h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True), "Parse the caption"),
+    ],
+)
+def test_bad_steps_have_clear_messages(hub, step, message):
+    session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+    with pytest.raises(AnywordError, match=message):
+        step(hub, session)
+
+
+def test_bad_uploads(tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(AnywordError, match="not a readable image"):
+        h.set_image(Session(), str(corrupt))
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(huge_png_header(30000, 20000))
+    with pytest.raises(AnywordError, match="too large"):
+        h.set_image(Session(), str(huge))
+    session, _ = h.set_image(Session(), None)
+    assert session.image is None
+
+
+def test_llm_failure_falls_back_visibly_and_never_shows_the_key(openai_server, nlp):
+    openai_server.reply = lambda body, headers: Reply(status=401)
+    key = "sk-demo-SECRET-123456"
+    session, view = h.parse_caption(
+        Session(), "a dog on a sofa", h.PARSER_LLM, key, "gpt-4o", openai_server.base_url, nlp=nlp
+    )
+    assert view["warning"] and "HTTP 401" in view["notice"] and "spaCy parsed" in view["notice"]
+    assert session.parse.parser == "spacy"
+    assert key not in json.dumps(view, default=str) and key not in repr(session)
+    assert openai_server.requests[0].headers["authorization"] == f"Bearer {key}"
