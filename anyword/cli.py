@@ -125,6 +125,7 @@ def _make_pipeline(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
+        embeddings_dir=args.embeddings_cache,
     )
 
 
@@ -296,37 +297,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- eval ----------------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from anyword.shapes.evaluate import ABLATION, evaluate, localization
+
+    if args.dataset != "shapes":
+        raise AnywordError(f"unknown dataset {args.dataset!r}: only 'shapes' ships with the package")
+    if args.localization:
+        from anyword.diffusion import load_backbone
+        from anyword.shapes.model import SHAPES_DEFAULTS
+
+        backbone = load_backbone("shapes", device=args.device)
+        settings = {
+            "paper": ((16,), None),
+            "preset": (SHAPES_DEFAULTS["attention_resolutions"], SHAPES_DEFAULTS["attention_timesteps"]),
+        }
+        result = {
+            "dataset": "shapes",
+            "localization": {
+                name: localization(
+                    args.split,
+                    args.n,
+                    resolutions,
+                    timesteps,
+                    start=args.start,
+                    progress=not args.quiet,
+                    backbone=backbone,
+                )
+                for name, (resolutions, timesteps) in settings.items()
+            },
+        }
+    else:
+        variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
+        result = evaluate(
+            args.split, args.n, variants, image_size=args.image_size, start=args.start, progress=not args.quiet
+        )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
 # --- entry point ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(kind: type, low: float | None = None, high: float | None = None, inclusive: bool = True):
+    """An argparse type: a number of ``kind`` within ``[low, high]`` (open bounds when not ``inclusive``)."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {'whole number' if kind is int else 'number'}, got {text!r}"
+            ) from None
+        below = low is not None and (value < low if inclusive else value <= low)
+        above = high is not None and (value > high if inclusive else value >= high)
+        if below or above:
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return convert
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+_positive_int = _number(int, 1)
+_non_negative_int = _number(int, 0)
+_fraction = _number(float, 0.0, 1.0, inclusive=False)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -379,8 +419,31 @@ def build_argument_parser() -> argparse.ArgumentParser:
     method.add_argument("--no-r1", action="store_true", help="no positive adjective clustering")
     method.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
     method.add_argument("--seed", type=int, default=None, help="seed of prompt learning and sampling (default 0)")
+    method.add_argument(
+        "--embeddings-cache",
+        default=None,
+        metavar="DIR",
+        help="save learned token embeddings here and reuse them for the same image and caption",
+    )
     _add_parser_options(segment)
     segment.set_defaults(handler=cmd_segment)
+
+    evaluation = commands.add_parser("eval", help="quality on the shapes world: the paper's ablation, localisation")
+    evaluation.add_argument("--dataset", default="shapes", help="shapes (synthetic scenes with ground truth)")
+    evaluation.add_argument("--split", default="seen", choices=("seen", "novel", "train"))
+    evaluation.add_argument("--n", type=_positive_int, default=100, help="number of scenes")
+    evaluation.add_argument("--start", type=int, default=0, help="first scene index")
+    evaluation.add_argument(
+        "--ablation", action="store_true", help="one row per configuration of the paper's Table 6 (plain ... full)"
+    )
+    evaluation.add_argument(
+        "--localization", action="store_true", help="does each word's attention point at its shape? (no segmentation)"
+    )
+    evaluation.add_argument("--image-size", type=_positive_int, default=128, help="rendered scene size (pixels)")
+    evaluation.add_argument("--device", default=None)
+    evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluation.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    evaluation.set_defaults(handler=cmd_eval)
 
     bench = commands.add_parser("bench", help="time and memory of inversion, denoising, attention, prompt learning")
     bench.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="default: tiny")

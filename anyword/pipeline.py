@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, extract_attention
+from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
+from anyword.diffusion.extract import learned_embeddings_key
 from anyword.diffusion.presets import PRESETS, load_backbone
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
@@ -200,6 +201,8 @@ class SegmentAnyword:
         device, dtype: where the diffusion model runs (default: CUDA fp16 if available, else CPU fp32).
         cache_size: how many images' attention and embeddings to keep.
         progress: show tqdm progress bars (the demo hooks them).
+        embeddings_dir: folder where learned token embeddings are saved, one small file per (image, caption,
+            model, settings); a later run with the same key loads them and skips prompt learning.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class SegmentAnyword:
         dtype: str | None = None,
         cache_size: int = 4,
         progress: bool = False,
+        embeddings_dir: str | Path | None = None,
     ):
         preset = backbone if isinstance(backbone, str) else backbone.name
         self.preset = preset
@@ -224,17 +228,24 @@ class SegmentAnyword:
         default_name, default_sam = default_segmenter(preset if model is None else "sd15")
         self._segmenter = segmenter if segmenter is not None and not isinstance(segmenter, str) else None
         self._segmenter_options = {
-            "name": segmenter or default_name,
+            "name": segmenter if isinstance(segmenter, str) else default_name,
             "sam_model": sam_model or default_sam,
             "sam_checkpoint": sam_checkpoint,
             "device": device,
         }
-        base = settings or apply_defaults(PipelineSettings(), preset_defaults(preset) if model is None else {})
+        if isinstance(backbone, Backbone):
+            defaults = backbone.defaults
+        else:
+            defaults = preset_defaults(preset) if model is None else {}
+        base = settings or apply_defaults(PipelineSettings(), defaults)
         self.settings = base
         self.parser = parser if not isinstance(parser, str) else make_parser(parser, base.parse)
         self.progress = progress
+        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else None
         self.counters: Counter[str] = Counter()
         self._lock = threading.RLock()
+        # Attention recording swaps the UNet's processors and prompt learning hooks the text encoder: one at a time.
+        self._diffusion_lock = threading.Lock()
         self._attention = _LRU(cache_size)
         self._embeddings = _LRU(cache_size)
         self._parses = _LRU(64)
@@ -321,7 +332,18 @@ class SegmentAnyword:
             cached = self._attention.get(key)
         if cached is not None:
             return cached, True
-        result = extract_attention(self.backbone, image, alignment, settings, progress=self.progress)
+        saved = None
+        if self.embeddings_dir is not None:
+            saved = (
+                self.embeddings_dir / f"{learned_embeddings_key(self.backbone, image, alignment, settings)}.safetensors"
+            )
+        embeddings = LearnedEmbeddings.load(saved, expected_key=saved.stem) if saved and saved.is_file() else None
+        with self._diffusion_lock:
+            result = extract_attention(
+                self.backbone, image, alignment, settings, embeddings=embeddings, progress=self.progress
+            )
+        if saved is not None and embeddings is None:
+            result.embeddings.save(saved)
         self.counters["attention"] += 1
         self.counters["unet_calls"] += result.unet_calls
         with self._lock:

@@ -115,3 +115,25 @@ def test_edited_parse_is_honoured(pipeline):
     assert [c.noun for c in result.concepts] == ["cat", "nose"]
     with pytest.raises(ValueError, match="belong to a"):
         pipeline.segment(load_image(PHOTO)[:100], parse, result.attention, result.prompts)
+
+
+def test_learned_embeddings_are_saved_and_reused(nlp, tmp_path):
+    from anyword.parsing import SpacyParser
+
+    def pipeline():
+        return SegmentAnyword(
+            "tiny", parser=SpacyParser(nlp=nlp), settings=QUICK, device="cpu", embeddings_dir=tmp_path
+        )
+
+    first = pipeline()
+    result = first.run(PHOTO, "a cat with a pink nose")
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".safetensors" and files[0].stat().st_size < 10_000
+    second = pipeline()
+    again = second.run(PHOTO, "a cat with a pink nose")
+    steps = QUICK.diffusion.inversion_steps
+    assert second.counters["unet_calls"] == 2 * steps  # inversion + denoising only: no prompt learning
+    assert first.counters["unet_calls"] == 2 * steps + QUICK.diffusion.learning.steps
+    np.testing.assert_allclose(again.attention.maps.token_grids, result.attention.maps.token_grids, atol=1e-6)
+    second.run(PHOTO, "a cat with a pink nose", settings=QUICK.with_seed(5))  # another key: learns and saves
+    assert len(list(tmp_path.iterdir())) == 2

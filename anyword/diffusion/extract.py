@@ -104,16 +104,7 @@ def extract_attention(
         return backbone.unet_forward(latents, timestep, text_states)
 
     frame = ImageFrame(width=image.shape[1], height=image.shape[0], size=backbone.resolution, mode=settings.resize)
-    key = embedding_key(
-        image_digest(image),
-        alignment.caption,
-        [list(s.positions) for s in embedding_slots(alignment)],
-        backbone.name,
-        backbone.source,
-        settings.learning,
-        settings.seed,
-        settings.resize,
-    )
+    key = learned_embeddings_key(backbone, image, alignment, settings)
     with stage("encode"):
         latents = backbone.encode_image(frame.to_model(image))
     with stage("learn"):
@@ -160,6 +151,23 @@ def extract_attention(
         random_weights=backbone.random_weights,
         recorded_layers=tuple(sorted(recorder.layers_seen)),
         unet_calls=calls["unet"],
+    )
+
+
+def learned_embeddings_key(
+    backbone: Backbone, image: np.ndarray, alignment: TokenAlignment, settings: DiffusionSettings
+) -> str:
+    """What learned embeddings depend on: the image, the caption and its concept tokens, the model, the learning
+    settings, the seed and the resize policy. Saved embeddings are found (and checked) by this key."""
+    return embedding_key(
+        image_digest(image),
+        alignment.caption,
+        [list(s.positions) for s in embedding_slots(alignment)],
+        backbone.name,
+        backbone.source,
+        settings.learning,
+        settings.seed,
+        settings.resize,
     )
 
 

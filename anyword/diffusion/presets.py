@@ -81,6 +81,23 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "sd15"
 
 
+def clip_text_config(hidden_size: int, intermediate_size: int, layers: int, heads: int) -> dict:
+    """A ``CLIPTextConfig`` for Stable Diffusion's CLIP tokenizer (its vocabulary and special tokens) at any size."""
+    return {
+        "vocab_size": 49408,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+        "hidden_act": "quick_gelu",
+        "projection_dim": hidden_size,
+    }
+
+
 def packaged_config_dir(name: str) -> Path:
     return Path(str(resources.files("anyword") / "data" / name))
 
@@ -181,19 +198,7 @@ def _tiny_configs() -> dict:
             "sample_size": 64,
             "scaling_factor": 0.18215,
         },
-        "text_encoder": {
-            "vocab_size": 49408,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "bos_token_id": 49406,
-            "eos_token_id": 49407,
-            "pad_token_id": 49407,
-            "hidden_act": "quick_gelu",
-            "projection_dim": 32,
-        },
+        "text_encoder": clip_text_config(hidden_size=32, intermediate_size=64, layers=2, heads=4),
         "scheduler": SD_SCHEDULER,
         "tokenizer": str(packaged_tokenizer_dir()),
     }

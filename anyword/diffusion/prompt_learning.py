@@ -190,7 +190,7 @@ def learn_embeddings(
         timesteps, noise = timesteps.to(backbone.device), noise.to(backbone.device, clean.dtype)
         batch = clean.expand(settings.batch_size, -1, -1, -1)
         noisy = scheduler.add_noise(batch, noise, timesteps)
-        target = noise if backbone.prediction_type == "epsilon" else scheduler.get_velocity(batch, noise, timesteps)
+        target = training_target(scheduler, batch, noise, timesteps)
 
         states = backbone.text_states(ids, learned)
         prediction = backbone.unet_forward(noisy, timesteps, states)
@@ -210,6 +210,19 @@ def learn_embeddings(
             on_step(step, learned.losses[-1])
     learned.vectors = vectors.detach()
     return learned
+
+
+def training_target(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict for ``add_noise(clean, noise, t)``: the noise (epsilon-prediction, SD 1.x) or
+    the velocity ``sqrt(a) noise - sqrt(1 - a) clean`` (v-prediction, SD 2.x and the shapes model)."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 def _concept_groups(learned: LearnedEmbeddings) -> list[list[int]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from anyword.diffusion.presets import clip_text_config
 from anyword.errors import ModelUnavailableError
 
 RESOLUTION = 64
@@ -33,19 +34,7 @@ UNET_CONFIG = {
     "attention_head_dim": [4, 8, 16],  # diffusers' legacy name for the number of heads: head size 4
     "norm_num_groups": 8,
 }
-TEXT_CONFIG = {
-    "vocab_size": 49408,
-    "hidden_size": 64,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 77,
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 64,
-}
+TEXT_CONFIG = clip_text_config(hidden_size=64, intermediate_size=256, layers=2, heads=4)
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",

@@ -1,0 +1,131 @@
+"""The shapes world: scenes and ground truth, the shipped model, GrabCut, and the v-prediction paths."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from anyword.metrics import mask_iou
+from anyword.shapes.scenes import COLOURS, NOVEL_COLOURS, NOVEL_NOUNS, SHAPES, make_scene, phrase_masks, render
+
+
+def test_scenes_are_deterministic_and_consistent():
+    for split in ("train", "seen", "novel"):
+        for index in range(20):
+            scene = make_scene(split, index)
+            assert scene == make_scene(split, index)
+            image, masks = render(scene, 96)
+            assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+            assert len(masks) == len(scene.shapes) == len(scene.phrases)
+            for phrase, mask in phrase_masks(scene, 96):
+                assert mask.dtype == bool and mask.sum() > 30  # every shape stays visible
+                assert re.search(rf"\b{phrase.text}\b", scene.caption), (phrase.text, scene.caption)
+            union = np.zeros((96, 96), dtype=int)
+            for mask in masks:
+                union += mask
+            assert union.max() <= 1  # visible masks never overlap
+    assert make_scene("seen", 0) != make_scene("train", 0)
+
+
+def test_novel_words_never_appear_in_training_captions():
+    novel = set(NOVEL_NOUNS.values()) | set(NOVEL_COLOURS.values())
+    training_words = {w for i in range(2000) for w in re.findall(r"[a-z]+", make_scene("train", i).caption.lower())}
+    assert not novel & training_words
+    assert set(SHAPES) | set(COLOURS) <= training_words
+    for index in range(50):
+        scene = make_scene("novel", index)
+        for phrase in scene.phrases:  # every phrase has at least one novel word
+            assert phrase.noun in novel or any(a in novel for a in phrase.adjectives)
+
+
+def test_training_target_follows_the_prediction_type():
+    from diffusers import DDIMScheduler
+
+    from anyword.diffusion.prompt_learning import training_target
+
+    clean, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 500])
+    epsilon = DDIMScheduler(prediction_type="epsilon")
+    velocity = DDIMScheduler(prediction_type="v_prediction")
+    assert torch.equal(training_target(epsilon, clean, noise, t), noise)
+    alpha = velocity.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = alpha.sqrt() * noise - (1 - alpha).sqrt() * clean
+    torch.testing.assert_close(training_target(velocity, clean, noise, t), expected)
+
+
+def test_grabcut_segments_a_shape_from_one_point():
+    from anyword.segment import MaskRequest
+    from anyword.segment.grabcut import GrabCutSegmenter
+
+    scene = next(
+        make_scene("seen", i)
+        for i in range(100)
+        if make_scene("seen", i).texture == "plain" and len(make_scene("seen", i).shapes) == 2
+    )
+    image, masks = render(scene, 128)
+    segmenter = GrabCutSegmenter()
+    embedding = segmenter.embed(image)
+    ys, xs = np.nonzero(masks[0])
+    inside = (float(np.median(xs)), float(np.median(ys)))
+    ys2, xs2 = np.nonzero(masks[1])
+    other = (float(np.median(xs2)), float(np.median(ys2)))
+    for point in (inside,):
+        assert masks[0][round(point[1]), round(point[0])]
+    request = MaskRequest(
+        points=np.array([inside, other], dtype=np.float32),
+        labels=np.array([1, 0], dtype=np.int32),
+        heatmap=np.zeros((128, 128), np.float32),
+    )
+    prediction = segmenter.segment(embedding, request)
+    assert mask_iou(prediction.mask, masks[0]) > 0.7
+    assert prediction.score == 1.0
+    assert np.array_equal(segmenter.segment(embedding, request).mask, prediction.mask)  # deterministic
+
+
+@pytest.fixture(scope="module")
+def shapes_backbone():
+    from anyword.diffusion import load_backbone
+
+    return load_backbone("shapes", device="cpu")
+
+
+def test_shipped_model_loads_offline(shapes_backbone):
+    backbone = shapes_backbone
+    assert backbone.vae is None and backbone.latent_factor == 1 and backbone.resolution == 64
+    assert backbone.prediction_type == "v_prediction" and not backbone.random_weights
+    pixels, _ = render(make_scene("seen", 0), 64)
+    latents = backbone.encode_image(pixels)
+    assert latents.shape == (1, 3, 64, 64) and latents.min() >= -1 and latents.max() <= 1
+    np.testing.assert_array_equal(backbone.decode_latents(latents), pixels)  # pixel space is lossless
+
+
+def test_shipped_model_points_at_named_shapes(shapes_backbone):
+    from anyword.shapes.evaluate import localization
+
+    # Held-out validation scenes of the training distribution (not the test splits).
+    result = localization(
+        "train", 12, resolutions=(16, 32), timesteps=(0, 400), start=7_000_000, progress=False, backbone=shapes_backbone
+    )
+    assert result["noun_pointing"] > 3 * result["chance"]
+    assert result["colour_pointing"] > 3 * result["chance"]
+
+
+def test_direct_inversion_is_exact_with_v_prediction(shapes_backbone):
+    from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention
+    from anyword.parsing import concepts_from_entries
+    from anyword.tokens import align_tokens
+
+    scene = make_scene("seen", 3)
+    image, _ = render(scene, 64)
+    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
+    concepts = concepts_from_entries(scene.caption, entries)
+    alignment = align_tokens(scene.caption, concepts, shapes_backbone.tokenizer)
+    settings = DiffusionSettings(
+        inversion_steps=10, learning=LearningSettings(steps=2, batch_size=2), attention_resolutions=(16, 32)
+    )
+    result = extract_attention(shapes_backbone, image, alignment, settings)
+    assert result.reconstruction_mse < 1e-10
+    assert result.maps.token_grids.shape == (77, 32, 32)
+    assert len(result.embeddings.losses) == 2 and all(np.isfinite(result.embeddings.losses))
