@@ -265,6 +265,10 @@ def test_timestep_range_and_multiple_resolutions(tiny, alignment, image):
     settings = dataclasses.replace(FAST, attention_resolutions=(16, 32), attention_timesteps=(0, 400))
     result = extract_attention(tiny, image, alignment, settings)
     assert result.maps.token_grids.shape == (77, 32, 32)
+    # 8 DDIM steps at t = 876, 751, ..., 1: denoising evaluates only the 4 inside [0, 400] (direct inversion makes
+    # the others the inversion latents anyway), and the reconstruction stays exact.
+    assert result.unet_calls == 2 + 8 + 4
+    assert result.reconstruction_mse < 1e-12
     assert any(".attentions." in layer and layer.startswith("down_blocks.0") for layer in result.recorded_layers)
     with pytest.raises(RuntimeError, match="no cross-attention recorded"):
         extract_attention(tiny, image, alignment, dataclasses.replace(FAST, attention_resolutions=(8,)))

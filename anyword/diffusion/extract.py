@@ -124,8 +124,9 @@ def extract_attention(
     low, high = settings.attention_timesteps or (0, backbone.scheduler.config.num_train_timesteps)
     with stage("denoise"), record_cross_attention(backbone.unet, settings.attention_resolutions) as recorder:
 
-        def before_step(timestep: int) -> None:
+        def before_step(timestep: int) -> bool:
             recorder.active = low <= timestep <= high
+            return recorder.active  # direct inversion skips the UNet where no attention is wanted
 
         final, _ = ddim_denoise(
             predict,

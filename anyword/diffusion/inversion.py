@@ -102,7 +102,7 @@ def ddim_denoise(
     schedule: DDIMSchedule,
     prediction_type: str = "epsilon",
     direct: bool = True,
-    before_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int], bool | None] | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[float]]:
     """Denoise from ``trajectory[-1]`` back to a clean latent.
@@ -110,15 +110,19 @@ def ddim_denoise(
     With ``direct=True`` (direct inversion), after every step the gap between the inversion latent and the
     denoised latent is added, so the path reproduces the inversion trajectory and the input exactly.
     ``before_step(t)`` is called before each UNet evaluation (the attention recorder uses it to pick timesteps).
+    With direct inversion, a step for which it returns ``False`` is not evaluated at all: its corrected result is
+    the inversion latent whatever the UNet says, so only steps whose attention is wanted cost a UNet call.
 
-    Returns the final latent and the mean absolute gap of each step (0 where ``direct`` is off).
+    Returns the final latent and the mean absolute gap of each evaluated step (0 where ``direct`` is off).
     """
     current = trajectory[-1]
     gaps: list[float] = []
     for index in tqdm(range(schedule.steps, 0, -1), desc="denoising", disable=not progress):
         timestep = schedule.timesteps[index - 1]
-        if before_step is not None:
-            before_step(timestep)
+        wanted = before_step(timestep) if before_step is not None else None
+        if direct and wanted is False:
+            current = trajectory[index - 1]
+            continue
         output = predict(current, timestep)
         denoised = ddim_step(current, output, schedule.alphas[index], schedule.alphas[index - 1], prediction_type)
         if direct:

@@ -98,6 +98,19 @@ def clip_text_config(hidden_size: int, intermediate_size: int, layers: int, head
     }
 
 
+def cast_modules(modules, device: torch.device, dtype: torch.dtype) -> None:
+    """Move modules to ``device`` and ``dtype`` in place. diffusers warns on every ``.to(dtype)`` of a model built
+    from a config ("modules that should be kept in float32: []"); these models keep none, so that log is silenced."""
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.ERROR)
+    try:
+        for module in modules:
+            module.to(device=device, dtype=dtype)
+    finally:
+        diffusers_logger.setLevel(level)
+
+
 def packaged_config_dir(name: str) -> Path:
     return Path(str(resources.files("anyword") / "data" / name))
 
@@ -232,16 +245,7 @@ def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torc
             text_config = {k: v for k, v in clean(configs["text_encoder"]).items() if k != "architectures"}
             text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     scheduler = DDIMScheduler.from_config({**clean(configs["scheduler"]), **DDIM_OVERRIDES})
-    if dtype != torch.float32:
-        # diffusers warns about casting with .to(); these configs keep no module in fp32, so the warning is noise.
-        diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
-        level = diffusers_logger.level
-        diffusers_logger.setLevel(logging.ERROR)
-        try:
-            for module in (unet, vae, text_encoder):
-                module.to(dtype)
-        finally:
-            diffusers_logger.setLevel(level)
+    cast_modules((unet, vae, text_encoder), device, dtype)
     return Backbone(
         name=spec.name,
         unet=unet,

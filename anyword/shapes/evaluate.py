@@ -73,6 +73,7 @@ def evaluate(
 
     The diffusion stage runs at most twice per image (with and without prompt learning); the variants share it.
     """
+    from anyword.diffusion import LearningSettings
     from anyword.pipeline import SegmentAnyword
     from anyword.segment import PlainSegmenter
     from anyword.segment.grabcut import GrabCutSegmenter
@@ -81,7 +82,8 @@ def evaluate(
     pipeline = pipeline or SegmentAnyword("shapes", segmenter=GrabCutSegmenter())
     segmenters = {"grabcut": pipeline.segmenter, "plain": PlainSegmenter()}
     base = pipeline.settings
-    no_learning = dataclasses.replace(base.diffusion, learning=dataclasses.replace(base.diffusion.learning, steps=0))
+    # Without learning the other learning settings do not matter: one canonical value keeps the cache shared.
+    no_learning = dataclasses.replace(base.diffusion, learning=LearningSettings(steps=0))
 
     per_variant: dict[str, dict] = {name: {"images": [], "pairs": [], "seconds": []} for name in variants}
     parsed = found = 0

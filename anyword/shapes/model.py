@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from anyword.diffusion.presets import clip_text_config
+from anyword.diffusion.presets import cast_modules, clip_text_config
 from anyword.errors import ModelUnavailableError
 
 RESOLUTION = 64
@@ -98,10 +98,11 @@ def load_shapes_backbone(
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
     info = json.loads((folder / "model.json").read_text())
     device = torch.device(device)
+    cast_modules((unet, text_encoder), device, dtype)
     return Backbone(
         name="shapes",
-        unet=unet.to(device, dtype),
-        text_encoder=text_encoder.to(device, dtype),
+        unet=unet,
+        text_encoder=text_encoder,
         tokenizer=load_tokenizer(),
         scheduler=make_scheduler(),
         vae=None,

@@ -24,7 +24,7 @@ import torch
 from anyword.shapes.model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
 from anyword.shapes.scenes import make_scene, render
 
-COLOUR_DROPOUT = 0.0  # 0.4 was tried: noun pointing dropped (docs/benchmarks.md)
+COLOUR_DROPOUT = 0.0  # 0.4 was tried and localised worse (docs/benchmarks.md)
 
 
 def batch(step: int, size: int, tokenizer, colour_dropout: float = COLOUR_DROPOUT) -> tuple[torch.Tensor, torch.Tensor]:
