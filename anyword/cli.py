@@ -330,9 +330,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
             },
         }
     else:
+        import dataclasses
+
+        from anyword.pipeline import SegmentAnyword
+
+        pipeline = SegmentAnyword("shapes", segmenter="grabcut", device=args.device)
+        diffusion = pipeline.settings.diffusion
+        if args.steps is not None:
+            diffusion = dataclasses.replace(
+                diffusion, learning=dataclasses.replace(diffusion.learning, steps=args.steps)
+            )
+        if args.inversion_steps is not None:
+            diffusion = dataclasses.replace(diffusion, inversion_steps=args.inversion_steps)
+        pipeline.settings = dataclasses.replace(pipeline.settings, diffusion=diffusion)
         variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
         result = evaluate(
-            args.split, args.n, variants, image_size=args.image_size, start=args.start, progress=not args.quiet
+            args.split,
+            args.n,
+            variants,
+            image_size=args.image_size,
+            start=args.start,
+            progress=not args.quiet,
+            pipeline=pipeline,
         )
     if args.json:
         print(json.dumps(result))
@@ -418,7 +437,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     method.add_argument("--sampling", choices=("random", "peak"), default=None, help="point sampling")
     method.add_argument("--no-r1", action="store_true", help="no positive adjective clustering")
     method.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
-    method.add_argument("--seed", type=int, default=None, help="seed of prompt learning and sampling (default 0)")
+    method.add_argument(
+        "--seed", type=_non_negative_int, default=None, help="seed of prompt learning and sampling (default 0)"
+    )
     method.add_argument(
         "--embeddings-cache",
         default=None,
@@ -432,7 +453,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--dataset", default="shapes", help="shapes (synthetic scenes with ground truth)")
     evaluation.add_argument("--split", default="seen", choices=("seen", "novel", "train"))
     evaluation.add_argument("--n", type=_positive_int, default=100, help="number of scenes")
-    evaluation.add_argument("--start", type=int, default=0, help="first scene index")
+    evaluation.add_argument("--start", type=_non_negative_int, default=0, help="first scene index")
     evaluation.add_argument(
         "--ablation", action="store_true", help="one row per configuration of the paper's Table 6 (plain ... full)"
     )
@@ -440,6 +461,12 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--localization", action="store_true", help="does each word's attention point at its shape? (no segmentation)"
     )
     evaluation.add_argument("--image-size", type=_positive_int, default=128, help="rendered scene size (pixels)")
+    evaluation.add_argument(
+        "--steps", type=_non_negative_int, default=None, help="prompt-learning steps (default: the preset's)"
+    )
+    evaluation.add_argument(
+        "--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)"
+    )
     evaluation.add_argument("--device", default=None)
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.add_argument("--json", action="store_true", help="print exactly one JSON object")

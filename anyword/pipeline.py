@@ -56,22 +56,27 @@ class PipelineSettings:
 
 
 def apply_defaults(settings: PipelineSettings, defaults: Mapping[str, Any]) -> PipelineSettings:
-    """Apply a preset's recommended settings (``learning_steps``, ``inversion_steps``, ``attention_resolutions``,
-    ``attention_timesteps``, ``learning_timesteps``, ``threshold``) on top of ``settings``."""
+    """Apply a preset's recommended settings (``learning_steps``, ``learning_batch``, ``learning_timesteps``,
+    ``inversion_steps``, ``attention_resolutions``, ``attention_timesteps``, ``threshold``, ``adjective_region``) on
+    top of ``settings``."""
     diffusion, prompts = settings.diffusion, settings.prompts
     learning = diffusion.learning
     if "learning_steps" in defaults:
         learning = dataclasses.replace(learning, steps=defaults["learning_steps"])
     if "learning_timesteps" in defaults:
-        learning = dataclasses.replace(learning, timestep_range=tuple(defaults["learning_timesteps"]))
+        timesteps = defaults["learning_timesteps"]
+        learning = dataclasses.replace(learning, timestep_range=None if timesteps is None else tuple(timesteps))
+    if "learning_batch" in defaults:
+        learning = dataclasses.replace(learning, batch_size=defaults["learning_batch"])
     changes = {"learning": learning}
     for key in ("inversion_steps", "attention_resolutions", "attention_timesteps"):
         if key in defaults:
             value = defaults[key]
             changes[key] = tuple(value) if isinstance(value, list) else value
     diffusion = dataclasses.replace(diffusion, **changes)
-    if "threshold" in defaults:
-        prompts = dataclasses.replace(prompts, threshold=defaults["threshold"])
+    for key in ("threshold", "adjective_region"):
+        if key in defaults:
+            prompts = dataclasses.replace(prompts, **{key: defaults[key]})
     return dataclasses.replace(settings, diffusion=diffusion, prompts=prompts)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from anyword.parsing.concepts import Concept
 
 SAMPLING_MODES = ("random", "peak")
+ADJECTIVE_REGIONS = ("largest", "noun_support")
 POSITIVE, NEGATIVE = 1, 0
 
 
@@ -39,6 +40,9 @@ class PromptSettings:
         background_points: ``(low, high)``: a lone concept gets a random number of background points in this range.
         background_max: background points are drawn where the map is below this value (outside the object).
         seed: seed of the random sampling.
+        adjective_region: which thresholded region of an adjective's map its point comes from: "largest" (the
+            paper's pipeline, as for nouns) or "noun_support" (the region holding most of the noun map's mass, so
+            the adjective point clusters with its own noun when the adjective also fits other objects).
     """
 
     threshold: float = 0.7
@@ -49,12 +53,17 @@ class PromptSettings:
     background_points: tuple[int, int] = (1, 3)
     background_max: float = 0.35
     seed: int = 0
+    adjective_region: str = "largest"
 
     def __post_init__(self):
+        if self.adjective_region not in ADJECTIVE_REGIONS:
+            raise ValueError(f"adjective_region must be one of {ADJECTIVE_REGIONS}, got {self.adjective_region!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         if self.noun_points < 1:
             raise ValueError("noun_points must be at least 1")
         low, high = self.background_points
@@ -150,17 +159,23 @@ class PromptSet:
         return cls(width=width, height=height, points=points)
 
 
-def largest_region(heatmap: np.ndarray, threshold: float) -> np.ndarray:
+def largest_region(heatmap: np.ndarray, threshold: float, support: np.ndarray | None = None) -> np.ndarray:
     """The largest 8-connected region of ``heatmap >= threshold`` (bool, same shape). If nothing passes the
-    threshold (a flat map), the region is the map's maximum pixel."""
+    threshold (a flat map), the region is the map's maximum pixel.
+
+    With ``support`` (an ``(H, W)`` map), the region is instead the one holding the most ``support`` mass: how an
+    adjective's region is chosen next to its noun's map when adjective regions are ``"noun_support"``.
+    """
     mask = (heatmap >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         region = np.zeros(heatmap.shape, dtype=bool)
         region[np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)] = True
         return region
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == largest
+    if support is None:
+        return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    mass = np.bincount(labels.ravel(), weights=support.astype(np.float64).ravel(), minlength=count)
+    return labels == 1 + int(np.argmax(mass[1:]))
 
 
 def sample_points(
@@ -172,7 +187,8 @@ def sample_points(
         return []
     count = min(count, rows.size)
     if mode == "random":
-        chosen = rng.choice(rows.size, size=count, replace=False)
+        # A prefix of one permutation: asking for more points keeps the first ones.
+        chosen = rng.permutation(rows.size)[:count]
         return [(float(cols[i]), float(rows[i])) for i in chosen]
     values = heatmap[rows, cols].astype(np.float64)
     scale = max(np.sqrt(rows.size) / 2.0, 1.0)
@@ -196,6 +212,12 @@ def _background_points(
     return sample_points(heatmap, candidates, count, "random", rng)
 
 
+def _stream(settings: PromptSettings, concept_id: int, word: int) -> np.random.Generator:
+    """The random stream of one concept's word (0: noun, i: i-th adjective, -1: background points): switching R1
+    or R2 never moves the other points, so ablation rows differ only by the component they switch."""
+    return np.random.default_rng([settings.seed, concept_id, word + 1])
+
+
 def make_prompts(
     concepts: Iterable[Concept],
     concept_map: Callable[[int], np.ndarray],
@@ -211,7 +233,6 @@ def make_prompts(
         settings: threshold, R1, R2, counts, sampling mode, seed.
     """
     concepts = list(concepts)
-    rng = np.random.default_rng(settings.seed)
     positives: dict[int, list[PointPrompt]] = {}
     regions: dict[int, np.ndarray] = {}
     maps: dict[int, np.ndarray] = {}
@@ -224,11 +245,13 @@ def make_prompts(
         regions[concept.id] = region
         adjective_points: list[PointPrompt] = []
         if settings.r1:
-            for adjective in concept.adjectives:
+            for word_index, adjective in enumerate(concept.adjectives, start=1):
                 adjective_heatmap = adjective_map(concept.id, adjective)
                 if adjective_heatmap is None:
                     continue
-                adjective_region = largest_region(adjective_heatmap, settings.threshold)
+                support = heatmap if settings.adjective_region == "noun_support" else None
+                adjective_region = largest_region(adjective_heatmap, settings.threshold, support)
+                rng = _stream(settings, concept.id, word_index)
                 for x, y in sample_points(adjective_heatmap, adjective_region, 1, settings.sampling, rng):
                     adjective_points.append(PointPrompt(x, y, POSITIVE, f"adjective:{adjective}"))
         noun_count = settings.noun_points
@@ -236,7 +259,7 @@ def make_prompts(
             noun_count = max(noun_count, 2)  # "we sample points twice from the same noun word map"
         noun_points = [
             PointPrompt(x, y, POSITIVE, "noun")
-            for x, y in sample_points(heatmap, region, noun_count, settings.sampling, rng)
+            for x, y in sample_points(heatmap, region, noun_count, settings.sampling, _stream(settings, concept.id, 0))
         ]
         positives[concept.id] = noun_points + adjective_points
 
@@ -251,7 +274,9 @@ def make_prompts(
             else:
                 own += [
                     PointPrompt(x, y, NEGATIVE, "background")
-                    for x, y in _background_points(maps[concept.id], regions[concept.id], settings, rng)
+                    for x, y in _background_points(
+                        maps[concept.id], regions[concept.id], settings, _stream(settings, concept.id, -1)
+                    )
                 ]
         points[concept.id] = tuple(own)
     return PromptSet(width=width, height=height, points=points, regions=regions, settings=settings)

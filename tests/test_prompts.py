@@ -140,3 +140,32 @@ def test_editing_points():
 def test_settings_are_validated(kwargs):
     with pytest.raises(ValueError):
         PromptSettings(**kwargs)
+
+
+def test_switching_r1_or_r2_never_moves_the_other_points():
+    def positions(settings, source):
+        return {cid: [(p.x, p.y) for p in prompts(settings).for_concept(cid) if p.source == source][:1] for cid in MAPS}
+
+    nouns = positions(PromptSettings(r1=False, r2=False), "noun")
+    assert nouns == positions(PromptSettings(r1=True, r2=False), "noun")  # R1 adds points, keeps the first
+    assert nouns == positions(PromptSettings(r1=True, r2=True), "noun")
+    assert nouns != positions(PromptSettings(r1=False, r2=False, seed=1), "noun")  # the seed still matters
+
+
+def test_adjective_region_can_follow_its_noun():
+    # "red" lights two objects: a bigger red blob far from the car and a smaller one on the car.
+    red = blob(35, 55, 10, 60)
+    red[5:12, 100:120] = 1.0
+    maps = {(0, "red"): red}
+    on_car = MAPS[0]
+    for mode, expected_on_car in (("largest", False), ("noun_support", True)):
+        result = make_prompts(
+            CONCEPTS,
+            MAPS.__getitem__,
+            lambda cid, adj: maps.get((cid, adj)),
+            PromptSettings(adjective_region=mode),
+        )
+        (point,) = [p for p in result.for_concept(0) if p.source == "adjective:red"]
+        assert inside(point, red) and inside(point, on_car) == expected_on_car, mode
+    with pytest.raises(ValueError, match="adjective_region"):
+        PromptSettings(adjective_region="nearest")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,17 @@ def test_grabcut_segments_a_shape_from_one_point():
     assert prediction.score == 1.0
     assert np.array_equal(segmenter.segment(embedding, request).mask, prediction.mask)  # deterministic
 
+    # Cold parts of the map are certain background: the mask stays inside the warm area around the point.
+    warm = cv2.dilate(masks[0].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    heatmap = np.where(warm, 0.8, 0.1).astype(np.float32)
+    point_only = MaskRequest(points=np.array([inside], np.float32), labels=np.array([1], np.int32), heatmap=heatmap)
+    bounded = segmenter.segment(embedding, point_only).mask
+    assert not (bounded & ~warm).any() and mask_iou(bounded, masks[0]) > 0.7
+    # ... except where a positive point lies in the cold part: a click that corrects a wrong map still works.
+    wrong_map = np.where(masks[1], 0.9, 0.05).astype(np.float32)
+    click = MaskRequest(points=np.array([inside], np.float32), labels=np.array([1], np.int32), heatmap=wrong_map)
+    assert mask_iou(segmenter.segment(embedding, click).mask, masks[0]) > 0.7
+
 
 @pytest.fixture(scope="module")
 def shapes_backbone():
@@ -129,3 +142,53 @@ def test_direct_inversion_is_exact_with_v_prediction(shapes_backbone):
     assert result.reconstruction_mse < 1e-10
     assert result.maps.token_grids.shape == (77, 32, 32)
     assert len(result.embeddings.losses) == 2 and all(np.isfinite(result.embeddings.losses))
+
+
+def _eval_cli(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    anyword = str(Path(sys.executable).parent / "anyword")
+    return subprocess.run(
+        [anyword, "eval", *args], capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+
+
+def test_eval_ablation_cli_prints_one_row_per_configuration():
+    from anyword.shapes.evaluate import ABLATION
+
+    quick = ["--dataset", "shapes", "--split", "novel", "--n", "2", "--steps", "2", "--inversion-steps", "8", "--quiet"]
+    done = _eval_cli(*quick, "--ablation", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # exactly one JSON object
+    assert result["split"] == "novel" and result["n"] == 2 and result["scenes"] == [0, 1]
+    assert result["settings"]["learning_steps"] == 2 and result["settings"]["inversion_steps"] == 8
+    assert list(result["rows"]) == list(ABLATION)
+    for name, row in result["rows"].items():
+        assert (row["learning"], row["r1"], row["r2"]) == (
+            ABLATION[name].learning,
+            ABLATION[name].r1,
+            ABLATION[name].r2,
+        )
+        for metric in ("miou", "ciou", "giou", "ap50", "recall"):
+            assert 0.0 <= row[metric] <= 1.0, (name, metric)
+        assert row["seconds_per_image"] > 0
+    again = json.loads(_eval_cli(*quick, "--ablation", "--json").stdout)
+    assert {k: v["miou"] for k, v in again["rows"].items()} == {k: v["miou"] for k, v in result["rows"].items()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "coco"], "unknown dataset 'coco'"),
+        (["--n", "0"], "--n"),
+        (["--start", "-3"], "--start"),
+    ],
+)
+def test_eval_cli_rejects_bad_arguments(args, message):
+    done = _eval_cli(*args, "--quiet")
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""

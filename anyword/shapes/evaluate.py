@@ -76,10 +76,9 @@ def evaluate(
     from anyword.diffusion import LearningSettings
     from anyword.pipeline import SegmentAnyword
     from anyword.segment import PlainSegmenter
-    from anyword.segment.grabcut import GrabCutSegmenter
 
     variants = variants or {"full": ABLATION["full"]}
-    pipeline = pipeline or SegmentAnyword("shapes", segmenter=GrabCutSegmenter())
+    pipeline = pipeline or SegmentAnyword("shapes", segmenter="grabcut")
     segmenters = {"grabcut": pipeline.segmenter, "plain": PlainSegmenter()}
     base = pipeline.settings
     # Without learning the other learning settings do not matter: one canonical value keeps the cache shared.
