@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention, load_backbone
-from anyword.parsing import concepts_from_entries
+from anyword.shapes.evaluate import with_control
 from anyword.shapes.model import SHAPES_DEFAULTS
-from anyword.shapes.scenes import SHAPES, make_scene, render
+from anyword.shapes.scenes import make_scene, render
 from anyword.tokens import align_tokens
 from anyword.viz import heatmap_overlay, panels
 
@@ -29,11 +29,7 @@ SHOWN = 192
 def scene_row(backbone, split: str, index: int, settings: DiffusionSettings) -> list[tuple[str, np.ndarray]]:
     scene = make_scene(split, index, min_shapes=2, max_shapes=4)
     image, _ = render(scene, backbone.resolution)
-    control = next(s for s in SHAPES if all(p.noun != s for p in scene.phrases))
-    caption = f"{scene.caption} {control}"
-    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
-    entries.append({"noun": control, "adjectives": [], "phrase": control})
-    concepts = concepts_from_entries(caption, entries)
+    caption, concepts, control = with_control(scene)
     maps = extract_attention(backbone, image, align_tokens(caption, concepts, backbone.tokenizer), settings).maps
     big = cv2.resize(image, (SHOWN, SHOWN), interpolation=cv2.INTER_NEAREST)
 

@@ -155,6 +155,19 @@ def evaluate(
     }
 
 
+def with_control(scene: Scene) -> tuple[str, list, str]:
+    """``(caption, concepts, control)``: the caption with a control word appended (a training noun the scene does
+    not name, picked by the scene index) and the ground-truth concepts, one per phrase plus the control."""
+    from anyword.parsing import concepts_from_entries
+
+    absent = [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
+    control = absent[scene.index % len(absent)]
+    caption = f"{scene.caption} {control}"
+    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
+    entries.append({"noun": control, "adjectives": [], "phrase": control})
+    return caption, concepts_from_entries(caption, entries), control
+
+
 def localization(
     split: str = "seen",
     n: int = 100,
@@ -173,7 +186,6 @@ def localization(
     Uses the ground-truth phrases as concepts (no parser) and no prompt learning: the model's attention alone.
     """
     from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention, load_backbone
-    from anyword.parsing import concepts_from_entries
     from anyword.tokens import align_tokens
 
     backbone = backbone or load_backbone("shapes")
@@ -184,12 +196,7 @@ def localization(
     for index in tqdm(range(start, start + n), desc="localization", disable=not progress):
         scene = make_scene(split, index, min_shapes=2, max_shapes=4)
         image, masks = render(scene, backbone.resolution)
-        absent = [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
-        control = absent[index % len(absent)]
-        caption = f"{scene.caption} {control}"
-        entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
-        entries.append({"noun": control, "adjectives": [], "phrase": control})
-        concepts = concepts_from_entries(caption, entries)
+        caption, concepts, control = with_control(scene)
         alignment = align_tokens(caption, concepts, backbone.tokenizer)
         maps = extract_attention(backbone, image, alignment, settings).maps
         by_phrase = {c.phrase: c for c in concepts}
