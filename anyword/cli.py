@@ -306,6 +306,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.dataset != "shapes":
         raise AnywordError(f"unknown dataset {args.dataset!r}: only 'shapes' ships with the package")
     if args.localization:
+        ignored = [
+            flag
+            for flag, value in (
+                ("--ablation", args.ablation),
+                ("--steps", args.steps),
+                ("--inversion-steps", args.inversion_steps),
+            )
+            if value not in (None, False)
+        ]
+        if ignored:
+            raise AnywordError(
+                f"{', '.join(ignored)} cannot be combined with --localization (no segmentation, no learning)"
+            )
         from anyword.diffusion import load_backbone
         from anyword.shapes.model import SHAPES_DEFAULTS
 

@@ -185,6 +185,7 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
         (["--dataset", "coco"], "unknown dataset 'coco'"),
         (["--n", "0"], "--n"),
         (["--start", "-3"], "--start"),
+        (["--localization", "--steps", "5"], "--steps cannot be combined with --localization"),
     ],
 )
 def test_eval_cli_rejects_bad_arguments(args, message):
