@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +59,20 @@ def _iou_matrix(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray]
     )
 
 
-def greedy_pairs(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> list[tuple[int, int, float]]:
-    """GranDf's one-to-one pairing: repeatedly take the highest remaining IoU (> 0). ``(pred, target, iou)``."""
-    ious = _iou_matrix(predictions, targets)
-    pairs = []
-    while ious.size and ious.max() > 0:
+def _greedy_order(ious: np.ndarray) -> Iterator[tuple[int, int, float]]:
+    """GranDf's one-to-one pairing order: the highest remaining IoU first, its row and column then leave.
+    Yields ``(row, column, iou)``; the caller stops where its own rule says."""
+    ious = ious.copy()
+    for _ in range(min(ious.shape)):
         i, j = np.unravel_index(int(np.argmax(ious)), ious.shape)
-        pairs.append((int(i), int(j), float(ious[i, j])))
+        yield int(i), int(j), float(ious[i, j])
         ious[i, :] = -1.0
         ious[:, j] = -1.0
-    return pairs
+
+
+def greedy_pairs(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> list[tuple[int, int, float]]:
+    """GranDf's one-to-one pairing: repeatedly take the highest remaining IoU (> 0). ``(pred, target, iou)``."""
+    return list(itertools.takewhile(lambda pair: pair[2] > 0, _greedy_order(_iou_matrix(predictions, targets))))
 
 
 def grandf_image_miou(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> float:
@@ -112,13 +117,10 @@ def grandf_recall(
         admissible = np.array(
             [[phrase_match(t, p) for p in result.predicted_phrases] for t in result.target_phrases], dtype=bool
         ).reshape(ious.shape)
-        while ious.size:
-            i, j = np.unravel_index(int(np.argmax(ious)), ious.shape)
-            if ious[i, j] < iou_threshold or not admissible[i, j]:
-                break
+        for i, j, iou in _greedy_order(ious):
+            if iou < iou_threshold or not admissible[i, j]:
+                break  # as GLaMM's find_best_matches: stop at the first best pair that fails either test
             matched += 1
-            ious[i, :] = -1.0
-            ious[:, j] = -1.0
     return matched / total if total else 0.0
 
 

@@ -446,7 +446,7 @@ class SegmentAnyword:
             if (
                 attention.maps.alignment.caption != parse.caption
                 or attention.maps.frame.width != array.shape[1]
-                or (attention.maps.frame.height != array.shape[0])
+                or attention.maps.frame.height != array.shape[0]
             ):
                 raise ValueError("this attention result belongs to another image or caption")
             cached = True

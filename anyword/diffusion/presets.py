@@ -321,7 +321,7 @@ def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | Non
     cached = _cached_snapshot(model, variant)
     if cached is not None:
         return cached
-    reason = hub_unavailable_reason(model, variant)
+    reason = _download_unavailable_reason(model)
     if reason is not None:
         raise ModelUnavailableError(reason)
     return _download(model, variant)
@@ -359,10 +359,15 @@ def hub_unavailable_reason(model: str, variant: str | None = None) -> str | None
 
     Fast: looks at the cache, ``HF_HUB_OFFLINE`` and whether the hub answers within seconds; downloads nothing.
     """
-    from huggingface_hub import constants
-
     if _cached_snapshot(model, variant) is not None:
         return None
+    return _download_unavailable_reason(model)
+
+
+def _download_unavailable_reason(model: str) -> str | None:
+    """Why ``model``, not in the cache, cannot be downloaded now (offline mode, hub unreachable), or ``None``."""
+    from huggingface_hub import constants
+
     cache = constants.HF_HUB_CACHE
     if constants.HF_HUB_OFFLINE:
         return (
