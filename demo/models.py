@@ -20,8 +20,6 @@ class PresetChoice:
     key: str
     label: str
     random_weights: bool
-    segmenter: str | None = None
-    sam_model: str | None = None
 
 
 PRESETS = {
