@@ -43,6 +43,42 @@ def test_novel_words_never_appear_in_training_captions():
             assert phrase.noun in novel or any(a in novel for a in phrase.adjectives)
 
 
+def test_same_colour_scenes_tell_shapes_apart_by_noun_only():
+    scenes = [make_scene("train", index, min_shapes=2, same_colour=0.5) for index in range(200)]
+    one_colour = [s for s in scenes if len({shape.colour for shape in s.shapes}) == 1]
+    assert 60 < len(one_colour) < 140  # about half
+    for scene in one_colour:
+        assert len({shape.kind for shape in scene.shapes}) == len(scene.shapes)
+    unchanged = [s for s in scenes if s not in one_colour]
+    assert all(s == make_scene("train", s.index, min_shapes=2) for s in unchanged)  # other scenes are untouched
+
+
+def test_training_writes_loadable_weights_and_resumes(tmp_path):
+    from anyword.shapes.model import build_models, load_shapes_backbone
+    from anyword.shapes.train import sharpen_cross_attention, train
+
+    first = train(tmp_path, steps=1, batch_size=2, warmup=1, log_every=1, qk_gain=3.0, same_colour=0.5, gain_scenes=4)
+    assert first["steps"] == 1 and first["qk_gain"] == 3.0 and np.isfinite(first["final_loss_ema"])
+    resumed = train(tmp_path, steps=2, batch_size=2, warmup=1, log_every=1, qk_gain=3.0, same_colour=0.5, gain_scenes=4)
+    assert resumed["steps"] == 2
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2]  # the second call went on from the checkpoint
+    backbone = load_shapes_backbone(folder=tmp_path)
+    assert "trained 2 steps" in backbone.source
+
+    unet, text_encoder = build_models(0)
+    sharp_unet, sharp_text = build_models(0)
+    sharpen_cross_attention(sharp_unet, sharp_text, qk_gain=3.0, text_norm_gain=2.0)
+    layers = [n for n, m in unet.named_modules() if getattr(m, "is_cross_attention", False)]
+    assert len(layers) == 10  # 32x32 attends to the text twice per block (no self-attention)
+    modules = dict(unet.named_modules())
+    sharp_modules = dict(sharp_unet.named_modules())
+    for name in layers:
+        torch.testing.assert_close(sharp_modules[name].to_k.weight, 3 * modules[name].to_k.weight)
+        torch.testing.assert_close(sharp_modules[name].to_v.weight, modules[name].to_v.weight)
+    torch.testing.assert_close(sharp_text.final_layer_norm.weight, 2 * text_encoder.final_layer_norm.weight)
+
+
 def test_training_target_follows_the_prediction_type():
     from diffusers import DDIMScheduler
 

@@ -38,6 +38,9 @@ NOVEL_COLOURS = {
 SPLITS = ("train", "seen", "novel")
 _SPLIT_SEED = {"train": 0, "seen": 1, "novel": 2}
 BACKGROUNDS = [(28, 28, 30), (72, 72, 75), (200, 200, 198), (232, 226, 214), (92, 80, 68), (42, 52, 62)]
+# Radius ranges in image widths per size word ("none": the caption gives no size); the shipped model was trained
+# on these (docs/benchmarks.md).
+RADII = {"small": (0.09, 0.12), "none": (0.11, 0.17), "big": (0.15, 0.2)}
 _RELATIONS = {"above": "is above", "below": "is below", "left": "is to the left of", "right": "is to the right of"}
 
 
@@ -77,18 +80,31 @@ class Scene:
     novel_words: tuple[str, ...] = field(default=())
 
 
-def make_scene(split: str, index: int, min_shapes: int = 1, max_shapes: int = 4, colour_dropout: float = 0.0) -> Scene:
+def make_scene(
+    split: str,
+    index: int,
+    min_shapes: int = 1,
+    max_shapes: int = 4,
+    colour_dropout: float = 0.0,
+    same_colour: float = 0.0,
+) -> Scene:
     """Scene ``index`` of ``split`` (deterministic).
 
     ``colour_dropout``: probability that a phrase names its shape without the colour ("a circle"), so that training
-    makes nouns, not only colour words, carry where a shape is. Drawn from its own random stream: scenes, shapes and
-    the other words do not change with it.
+    makes nouns, not only colour words, carry where a shape is. ``same_colour``: probability that every shape of the
+    scene has one colour (distinct kinds), so that only the nouns tell the shapes apart. Both are drawn from their own
+    random streams: with them at 0 (the default, and what the test splits use) scenes do not change.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = np.random.default_rng([_SPLIT_SEED[split], index, min_shapes, max_shapes])
     count = int(rng.integers(min_shapes, max_shapes + 1))
-    shapes = _place_shapes(rng, count)
+    one_colour = None
+    if same_colour > 0:
+        draw = np.random.default_rng([_SPLIT_SEED[split], index, min_shapes, max_shapes, 78])
+        if draw.random() < same_colour:
+            one_colour = str(draw.choice(list(COLOURS)))
+    shapes = _place_shapes(rng, count, one_colour)
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     texture = str(rng.choice(["plain", "plain", "noise", "stripes", "checker"]))
     words = [_words_for(shape, split, rng) for shape in shapes]
@@ -117,21 +133,14 @@ def make_scene(split: str, index: int, min_shapes: int = 1, max_shapes: int = 4,
     return Scene(split, index, tuple(shapes), background, texture, caption, tuple(phrases), style, novel)
 
 
-def _place_shapes(rng: np.random.Generator, count: int) -> list[Shape]:
+def _place_shapes(rng: np.random.Generator, count: int, one_colour: str | None = None) -> list[Shape]:
     for _ in range(200):
-        combos = [(k, c) for k in SHAPES for c in COLOURS]
+        combos = [(k, c) for k in SHAPES for c in ((one_colour,) if one_colour else COLOURS)]
         chosen = [combos[i] for i in rng.choice(len(combos), size=count, replace=False)]
         shapes = []
         for kind, colour in chosen:
             size = str(rng.choice(["small", "big", "none"]))
-            # Radii in image widths (the shipped model was trained on these; see docs/benchmarks.md).
-            radius = (
-                rng.uniform(0.09, 0.12)
-                if size == "small"
-                else rng.uniform(0.15, 0.2)
-                if size == "big"
-                else rng.uniform(0.11, 0.17)
-            )
+            radius = rng.uniform(*RADII[size])
             cx, cy = rng.uniform(radius + 0.02, 0.98 - radius, size=2)
             shapes.append(
                 Shape(

@@ -25,12 +25,20 @@ from anyword.diffusion.prompt_learning import training_target
 from anyword.shapes.model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
 from anyword.shapes.scenes import make_scene, render
 
-COLOUR_DROPOUT = 0.0  # 0.4 was tried and localised worse (docs/benchmarks.md)
+# Training-distribution knobs (see make_scene); the shipped model used neither. docs/benchmarks.md lists the runs
+# that tried them.
+COLOUR_DROPOUT = 0.0
+SAME_COLOUR = 0.0
 
 
-def batch(step: int, size: int, tokenizer, colour_dropout: float = COLOUR_DROPOUT) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(
+    step: int, size: int, tokenizer, colour_dropout: float = COLOUR_DROPOUT, same_colour: float = SAME_COLOUR
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(B, 3, 64, 64)`` in [-1, 1] and caption ids ``(B, 77)`` of training scenes ``step*B ... +B-1``."""
-    scenes = [make_scene("train", step * size + i, colour_dropout=colour_dropout) for i in range(size)]
+    scenes = [
+        make_scene("train", step * size + i, colour_dropout=colour_dropout, same_colour=same_colour)
+        for i in range(size)
+    ]
     images = np.stack([render(scene, 64)[0] for scene in scenes])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     ids = tokenizer(
@@ -42,8 +50,8 @@ def batch(step: int, size: int, tokenizer, colour_dropout: float = COLOUR_DROPOU
 class Batches(torch.utils.data.IterableDataset):
     """Training batches ``first .. last-1`` (each a pure function of its step), for DataLoader workers."""
 
-    def __init__(self, first: int, last: int, size: int):
-        self.first, self.last, self.size = first, last, size
+    def __init__(self, first: int, last: int, size: int, same_colour: float = SAME_COLOUR):
+        self.first, self.last, self.size, self.same_colour = first, last, size, same_colour
         self.tokenizer = None
 
     def __iter__(self):
@@ -53,7 +61,7 @@ class Batches(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         self.tokenizer = self.tokenizer or load_tokenizer()
         for step in range(self.first + worker, self.last, workers):
-            yield step, *batch(step, self.size, self.tokenizer)
+            yield step, *batch(step, self.size, self.tokenizer, same_colour=self.same_colour)
 
 
 def v_loss(unet, text_encoder, scheduler, pixels, ids, generator, autocast: bool) -> torch.Tensor:
@@ -72,10 +80,21 @@ def v_loss(unet, text_encoder, scheduler, pixels, ids, generator, autocast: bool
 
 
 @torch.no_grad()
-def text_gain(unet, text_encoder, scheduler, tokenizer, autocast: bool) -> dict:
+def sharpen_cross_attention(unet, text_encoder, qk_gain: float, text_norm_gain: float) -> None:
+    """Scale the initial cross-attention logits: query/key weights by ``qk_gain`` each, text states by
+    ``text_norm_gain`` (1.0 and 1.0 leave diffusers' and transformers' init untouched)."""
+    text_encoder.final_layer_norm.weight.mul_(text_norm_gain)
+    for module in unet.modules():
+        if getattr(module, "is_cross_attention", False):
+            module.to_q.weight.mul_(qk_gain)
+            module.to_k.weight.mul_(qk_gain)
+
+
+@torch.no_grad()
+def text_gain(unet, text_encoder, scheduler, tokenizer, autocast: bool, scenes: int = 64) -> dict:
     """Loss on fixed held-in scenes with the right, shuffled and empty captions (same noise): if the text helps,
     right < shuffled < empty."""
-    pixels, ids = batch(10**6, 64, tokenizer, colour_dropout=0.0)
+    pixels, ids = batch(10**6, scenes, tokenizer, colour_dropout=0.0, same_colour=0.0)
     empty = tokenizer([""] * ids.shape[0], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
     result = {}
     for name, captions in (("right", ids), ("shuffled", ids.roll(1, dims=0)), ("empty", empty)):
@@ -100,7 +119,17 @@ def train(
     device: str = "cpu",
     workers: int = 0,
     max_seconds: float | None = None,
+    same_colour: float = SAME_COLOUR,
+    qk_gain: float = 1.0,
+    text_norm_gain: float = 1.0,
+    gain_scenes: int = 64,
 ) -> dict:
+    """Train from scratch (or resume from ``out/checkpoint.pt``) and write the weights and ``model.json``.
+
+    ``qk_gain`` multiplies the initial query/key weights of every cross-attention layer and ``text_norm_gain`` the
+    text encoder's final layer-norm scale: both start the cross-attention sharper than diffusers' default init (1.0).
+    ``gain_scenes``: how many fixed scenes :func:`text_gain` scores (at every 20th log and at the end).
+    """
     from diffusers.models.attention_processor import AttnProcessor
     from safetensors.torch import save_file
 
@@ -111,6 +140,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer()
     unet, text_encoder = build_models(seed)
+    sharpen_cross_attention(unet, text_encoder, qk_gain, text_norm_gain)
     if device == "cpu":
         unet.set_attn_processor(AttnProcessor())  # plain matmul beats SDPA for these tiny heads on CPU
     unet.to(device)
@@ -143,7 +173,7 @@ def train(
     unet.train()
     text_encoder.train()
     loader = torch.utils.data.DataLoader(
-        Batches(start_step, steps, batch_size),
+        Batches(start_step, steps, batch_size, same_colour),
         batch_size=None,
         num_workers=workers,
         prefetch_factor=4 if workers else None,
@@ -177,7 +207,7 @@ def train(
                 "s_per_step": round(elapsed / done, 3),
             }
             if done % (log_every * 20) == 0 or done == steps:
-                record["text_gain"] = text_gain(unet, text_encoder, scheduler, tokenizer, autocast)
+                record["text_gain"] = text_gain(unet, text_encoder, scheduler, tokenizer, autocast, gain_scenes)
             print(json.dumps(record), file=log, flush=True)
             print(json.dumps(record), file=sys.stderr, flush=True)
         if done % save_every == 0 or done == steps:
@@ -197,7 +227,7 @@ def train(
 
     unet.eval()
     text_encoder.eval()
-    gain = text_gain(unet, text_encoder, scheduler, tokenizer, autocast)
+    gain = text_gain(unet, text_encoder, scheduler, tokenizer, autocast, gain_scenes)
     for name, module in (("unet", unet), ("text_encoder", text_encoder)):
         save_file(
             {k: v.half().cpu().contiguous() for k, v in module.state_dict().items()}, str(out / f"{name}.safetensors")
@@ -211,6 +241,9 @@ def train(
         "weight_decay": weight_decay,
         "warmup": warmup,
         "colour_dropout": COLOUR_DROPOUT,
+        "same_colour": same_colour,
+        "qk_gain": qk_gain,
+        "text_norm_gain": text_norm_gain,
         "seed": seed,
         "train_seconds": round(elapsed, 1),
         "final_loss_ema": ema,
@@ -238,6 +271,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (scenes are drawn on the CPU)")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop early (and save) after this long")
+    parser.add_argument("--same-colour", type=float, default=SAME_COLOUR, help="share of one-colour training scenes")
+    parser.add_argument("--qk-gain", type=float, default=1.0, help="initial cross-attention query/key weight scale")
+    parser.add_argument("--text-norm-gain", type=float, default=1.0, help="initial text final layer-norm scale")
     args = parser.parse_args(argv)
     info = train(
         args.out,
@@ -250,6 +286,9 @@ def main(argv=None) -> int:
         device=args.device,
         workers=args.workers,
         max_seconds=args.max_seconds,
+        same_colour=args.same_colour,
+        qk_gain=args.qk_gain,
+        text_norm_gain=args.text_norm_gain,
     )
     print(json.dumps({k: info[k] for k in ("steps", "train_seconds", "final_loss_ema", "text_gain")}))
     return 0
