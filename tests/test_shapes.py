@@ -65,6 +65,8 @@ def test_training_writes_loadable_weights_and_resumes(tmp_path):
     assert [record["step"] for record in log] == [1, 2]  # the second call went on from the checkpoint
     backbone = load_shapes_backbone(folder=tmp_path)
     assert "trained 2 steps" in backbone.source
+    with pytest.raises(ValueError, match=r"same_colour 0.5 -> 0.0"):  # a resumed run keeps its data and init
+        train(tmp_path, steps=3, batch_size=2, warmup=1, qk_gain=3.0, same_colour=0.0, gain_scenes=4)
 
     unet, text_encoder = build_models(0)
     sharp_unet, sharp_text = build_models(0)

@@ -158,9 +158,25 @@ def train(
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(seed)
     start_step, elapsed, ema = 0, 0.0, None
+    # What a resumed run must share with the run that wrote the checkpoint (steps may grow: it only stretches the
+    # schedule's tail).
+    settings = {
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "seed": seed,
+        "same_colour": same_colour,
+        "qk_gain": qk_gain,
+        "text_norm_gain": text_norm_gain,
+    }
     checkpoint = out / "checkpoint.pt"
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
+        changed = {k: (v, settings[k]) for k, v in state.get("settings", {}).items() if settings.get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ValueError(f"{checkpoint} was written with other settings ({listed}); resume with the same ones")
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
@@ -221,6 +237,7 @@ def train(
                     "step": done,
                     "elapsed": elapsed,
                     "ema": ema,
+                    "settings": settings,
                 },
                 checkpoint,
             )
@@ -275,21 +292,29 @@ def main(argv=None) -> int:
     parser.add_argument("--qk-gain", type=float, default=1.0, help="initial cross-attention query/key weight scale")
     parser.add_argument("--text-norm-gain", type=float, default=1.0, help="initial text final layer-norm scale")
     args = parser.parse_args(argv)
-    info = train(
-        args.out,
-        args.steps,
-        args.batch_size,
-        args.lr,
-        seed=args.seed,
-        threads=args.threads,
-        autocast=not args.no_autocast,
-        device=args.device,
-        workers=args.workers,
-        max_seconds=args.max_seconds,
-        same_colour=args.same_colour,
-        qk_gain=args.qk_gain,
-        text_norm_gain=args.text_norm_gain,
-    )
+    if not 0 <= args.same_colour <= 1:
+        parser.error(f"--same-colour is a probability in [0, 1], got {args.same_colour}")
+    if args.qk_gain <= 0 or args.text_norm_gain <= 0:
+        parser.error("--qk-gain and --text-norm-gain must be positive")
+    try:
+        info = train(
+            args.out,
+            args.steps,
+            args.batch_size,
+            args.lr,
+            seed=args.seed,
+            threads=args.threads,
+            autocast=not args.no_autocast,
+            device=args.device,
+            workers=args.workers,
+            max_seconds=args.max_seconds,
+            same_colour=args.same_colour,
+            qk_gain=args.qk_gain,
+            text_norm_gain=args.text_norm_gain,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps({k: info[k] for k in ("steps", "train_seconds", "final_loss_ema", "text_gain")}))
     return 0
 
