@@ -57,22 +57,24 @@ def configure(name: str) -> dict:
     import anyword.shapes.scenes as scenes
 
     scale, heads, train_kwargs = VARIANTS[name]
-    shipped = {"small": (0.09, 0.12), "none": (0.11, 0.17), "big": (0.15, 0.2)}
+    shipped = dict(scenes.RADII)
     scenes.RADII.update({size: (low * scale, high * scale) for size, (low, high) in shipped.items()})
     model.UNET_CONFIG["attention_head_dim"] = list(heads)
     return dict(train_kwargs)
 
 
-def direct_probe(backbone, n: int) -> dict:
-    """Noun / colour / control pointing from one forward pass per t in (100, 200, 300) on the noised clean scene."""
+def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
+    """Noun / colour / control pointing from one forward pass per t in (100, 200, 300) on the noised clean scene,
+    per grid; and :func:`attention_shares` of the 16+32 maps of the first ``shares_n`` scenes."""
     from anyword.diffusion.attention import AttentionMaps, record_cross_attention
     from anyword.images import ImageFrame
-    from anyword.shapes.evaluate import _argmax_inside, with_control
+    from anyword.shapes.evaluate import record_pointing, with_control
     from anyword.shapes.scenes import make_scene, render
     from anyword.tokens import align_tokens
 
     grids = {"direct16": (16,), "direct32": (32,), "direct16_32": (16, 32)}
     hits = {key: {"noun": [], "colour": [], "control": [], "chance": []} for key in grids}
+    share_rows = []
     generator = torch.Generator().manual_seed(0)
     frame = ImageFrame(width=64, height=64, size=64, mode="stretch")
     for index in range(VALIDATION_START, VALIDATION_START + n):
@@ -82,7 +84,6 @@ def direct_probe(backbone, n: int) -> dict:
         alignment = align_tokens(caption, concepts, backbone.tokenizer)
         clean = backbone.encode_image(frame.to_model(image))
         noises = [torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype) for _ in range(3)]
-        by_phrase = {c.phrase: c for c in concepts}
         with torch.no_grad():
             states = backbone.text_states(alignment.input_ids)
             for key, resolutions in grids.items():
@@ -90,63 +91,46 @@ def direct_probe(backbone, n: int) -> dict:
                     recorder.active = True
                     for t, noise in zip((100, 200, 300), noises, strict=True):
                         backbone.unet_forward(backbone.scheduler.add_noise(clean, noise, torch.tensor([t])), t, states)
-                    maps = AttentionMaps(token_grids=recorder.average(), frame=frame, alignment=alignment)
-                for phrase in scene.phrases:
-                    mask, concept = masks[phrase.shape_index], by_phrase[phrase.text]
-                    hits[key]["noun"].append(_argmax_inside(maps.concept_map(concept.id), mask))
-                    colour_map = maps.adjective_map(concept.id, phrase.adjectives[-1])
-                    hits[key]["colour"].append(_argmax_inside(colour_map, mask))
-                    hits[key]["control"].append(_argmax_inside(maps.concept_map(by_phrase[control].id), mask))
-                    hits[key]["chance"].append(float(mask.mean()))
-    return {key: {k: round(float(np.mean(v)), 3) for k, v in h.items()} for key, h in hits.items()}
+                    token_grids = recorder.average()
+                maps = AttentionMaps(token_grids, frame, alignment)
+                record_pointing(hits[key], maps, scene, masks, concepts, control)
+                if key == "direct16_32" and index < VALIDATION_START + shares_n:
+                    share_rows += _share_rows(token_grids, scene, masks, concepts, alignment, backbone.tokenizer)
+    pointing = {key: {k: round(float(np.mean(v)), 3) for k, v in h.items()} for key, h in hits.items()}
+    return pointing, attention_shares(share_rows)
 
 
-def attention_shares(backbone, n: int = 20) -> dict:
+def _share_rows(token_grids, scene, masks, concepts, alignment, tokenizer) -> list[dict]:
+    import cv2
+
+    side = token_grids.shape[-1]
+    shapes = [cv2.resize(m.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0.5 for m in masks]
+    anywhere = np.any(shapes, axis=0)
+    words = token_grids[1 : alignment.input_ids.index(tokenizer.eos_token_id)].sum(axis=0)
+    by_phrase = {c.phrase: c for c in concepts}
+    rows = []
+    for phrase in scene.phrases:
+        own = shapes[phrase.shape_index]
+        if not own.any():
+            continue
+        noun = token_grids[list(alignment.for_concept(by_phrase[phrase.text].id).noun_positions)].mean(axis=0)
+        others = anywhere & ~own
+        rows.append(
+            {
+                "noun_on_own_shape": noun[own].mean(),
+                "noun_on_other_shapes": noun[others].mean() if others.any() else np.nan,
+                "noun_on_background": noun[~anywhere].mean(),
+                "words_on_shapes": words[anywhere].mean(),
+                "words_on_background": words[~anywhere].mean(),
+            }
+        )
+    return rows
+
+
+def attention_shares(rows: list[dict]) -> dict:
     """How peaked is the cross-attention? Mean softmax share (t = 100, 200, 300; 16x16 and 32x32 grids averaged) of
     a phrase's noun token on its own shape, on the other shapes and on the background, and of all caption words
     together on shapes and on background. Uniform attention over the 77 tokens gives 1/77 = 0.013 per token."""
-    import cv2
-
-    from anyword.diffusion.attention import record_cross_attention
-    from anyword.shapes.evaluate import with_control
-    from anyword.shapes.scenes import make_scene, render
-    from anyword.tokens import align_tokens
-
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for index in range(VALIDATION_START, VALIDATION_START + n):
-        scene = make_scene("train", index, min_shapes=2, max_shapes=4)
-        image, masks = render(scene, 64)
-        caption, concepts, _ = with_control(scene)
-        alignment = align_tokens(caption, concepts, backbone.tokenizer)
-        clean = backbone.encode_image(image)
-        with torch.no_grad(), record_cross_attention(backbone.unet, (16, 32)) as recorder:
-            recorder.active = True
-            states = backbone.text_states(alignment.input_ids)
-            for t in (100, 200, 300):
-                noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
-                backbone.unet_forward(backbone.scheduler.add_noise(clean, noise, torch.tensor([t])), t, states)
-            grids = recorder.average()  # (77, 32, 32)
-        side = grids.shape[-1]
-        shapes = [cv2.resize(m.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0.5 for m in masks]
-        anywhere = np.any(shapes, axis=0)
-        words = grids[1 : alignment.input_ids.index(backbone.tokenizer.eos_token_id)].sum(axis=0)
-        by_phrase = {c.phrase: c for c in concepts}
-        for phrase in scene.phrases:
-            own = shapes[phrase.shape_index]
-            if not own.any():
-                continue
-            noun = grids[list(alignment.for_concept(by_phrase[phrase.text].id).noun_positions)].mean(axis=0)
-            others = anywhere & ~own
-            rows.append(
-                {
-                    "noun_on_own_shape": noun[own].mean(),
-                    "noun_on_other_shapes": noun[others].mean() if others.any() else np.nan,
-                    "noun_on_background": noun[~anywhere].mean(),
-                    "words_on_shapes": words[anywhere].mean(),
-                    "words_on_background": words[~anywhere].mean(),
-                }
-            )
     return {key: round(float(np.nanmean([row[key] for row in rows])), 4) for key in rows[0]}
 
 
@@ -170,8 +154,8 @@ def train_and_score(name: str, folder: Path, args) -> None:
     summary = {
         "train": {k: info[k] for k in ("steps", "train_seconds", "final_loss_ema", "text_gain")},
         "settings": {"radius_scale": VARIANTS[name][0], "heads": VARIANTS[name][1], **kwargs},
-        "localization": direct_probe(backbone, args.n),
     }
+    summary["localization"], summary["attention_shares"] = direct_probe(backbone, args.n)
     for key, resolutions, timesteps in (("pipeline_preset", (16, 32), (0, 400)), ("pipeline_paper", (16,), None)):
         result = localization(
             "train", args.pipeline_n, resolutions, timesteps, VALIDATION_START, progress=False, backbone=backbone
@@ -179,7 +163,6 @@ def train_and_score(name: str, folder: Path, args) -> None:
         summary["localization"][key] = {
             k: round(result[k], 3) for k in ("noun_pointing", "colour_pointing", "control_pointing", "chance")
         }
-    summary["attention_shares"] = attention_shares(backbone)
     summary["score_seconds"] = round(time.perf_counter() - started, 1)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
 

@@ -199,16 +199,7 @@ def localization(
         caption, concepts, control = with_control(scene)
         alignment = align_tokens(caption, concepts, backbone.tokenizer)
         maps = extract_attention(backbone, image, alignment, settings).maps
-        by_phrase = {c.phrase: c for c in concepts}
-        control_map = maps.concept_map(by_phrase[control].id)
-        for phrase in scene.phrases:
-            mask = masks[phrase.shape_index]
-            concept = by_phrase[phrase.text]
-            hits["noun"].append(_argmax_inside(maps.concept_map(concept.id), mask))
-            colour = phrase.adjectives[-1]  # scenes put the colour right before the noun
-            hits["colour"].append(_argmax_inside(maps.adjective_map(concept.id, colour), mask))
-            hits["control"].append(_argmax_inside(control_map, mask))
-            hits["chance"].append(float(mask.mean()))
+        record_pointing(hits, maps, scene, masks, concepts, control)
     return {
         "split": split,
         "n_scenes": n,
@@ -220,6 +211,21 @@ def localization(
         "control_pointing": float(np.mean(hits["control"])),
         "chance": float(np.mean(hits["chance"])),
     }
+
+
+def record_pointing(hits: dict[str, list], maps, scene: Scene, masks, concepts, control: str) -> None:
+    """Append, per shape of ``scene``, whether its noun's, its colour word's and the control word's maps peak inside
+    it (``hits["noun"|"colour"|"control"]``) and its area fraction (``hits["chance"]``)."""
+    by_phrase = {c.phrase: c for c in concepts}
+    control_map = maps.concept_map(by_phrase[control].id)
+    for phrase in scene.phrases:
+        mask = masks[phrase.shape_index]
+        concept = by_phrase[phrase.text]
+        hits["noun"].append(_argmax_inside(maps.concept_map(concept.id), mask))
+        colour = phrase.adjectives[-1]  # scenes put the colour right before the noun
+        hits["colour"].append(_argmax_inside(maps.adjective_map(concept.id, colour), mask))
+        hits["control"].append(_argmax_inside(control_map, mask))
+        hits["chance"].append(float(mask.mean()))
 
 
 def _argmax_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
