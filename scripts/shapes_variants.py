@@ -45,6 +45,9 @@ VARIANTS = {
     "ln4h8": (1.0, [2, 4, 8], {"text_norm_gain": 4.0}),
     "sc50": (1.0, [4, 8, 16], {"same_colour": 0.5}),
     "sc50qk3": (1.0, [4, 8, 16], {"same_colour": 0.5, "qk_gain": 3.0}),
+    # token-grounding loss (TokenCompose) alone; with the pixel loss and captions naming absent shapes
+    "tok10": (1.0, [4, 8, 16], {"grounding_weight": 0.1}),
+    "tok10pix20abs50": (1.0, [4, 8, 16], {"grounding_weight": 0.1, "pixel_weight": 0.2, "absent_words": 0.5}),
 }
 SHIPPED = "shipped"  # no training: scores the packaged weights
 VARIANTS[SHIPPED] = (1.0, [4, 8, 16], {})
@@ -60,19 +63,23 @@ def configure(name: str) -> dict:
     shipped = dict(scenes.RADII)
     scenes.RADII.update({size: (low * scale, high * scale) for size, (low, high) in shipped.items()})
     model.UNET_CONFIG["attention_head_dim"] = list(heads)
-    return dict(train_kwargs)
+    # The earlier variants trained on the diffusion loss alone (train()'s defaults are the grounded recipe).
+    return {"grounding_weight": 0.0, "pixel_weight": 0.0, "absent_words": 0.0, **train_kwargs}
 
 
 def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
     """Noun / colour / control pointing from one forward pass per t in (100, 200, 300) on the noised clean scene,
-    per grid; and :func:`attention_shares` of the 16+32 maps of the first ``shares_n`` scenes."""
+    per grid (control appended, as ``anyword eval --localization`` has it) and, on 16+32, with the control first or
+    second (:data:`CONTROL_PLACES`); and :func:`attention_shares` of the 16+32 maps of the first ``shares_n``
+    scenes."""
     from anyword.diffusion.attention import AttentionMaps, record_cross_attention
     from anyword.images import ImageFrame
-    from anyword.shapes.evaluate import record_pointing, with_control
+    from anyword.shapes.evaluate import CONTROL_PLACES, record_pointing, with_control
     from anyword.shapes.scenes import make_scene, render
     from anyword.tokens import align_tokens
 
     grids = {"direct16": (16,), "direct32": (32,), "direct16_32": (16, 32)}
+    grids |= {f"direct16_32_control_{place}": (16, 32) for place in CONTROL_PLACES if place != "end"}
     hits = {key: {"noun": [], "colour": [], "control": [], "chance": []} for key in grids}
     share_rows = []
     generator = torch.Generator().manual_seed(0)
@@ -80,13 +87,13 @@ def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
     for index in range(VALIDATION_START, VALIDATION_START + n):
         scene = make_scene("train", index, min_shapes=2, max_shapes=4)
         image, masks = render(scene, 64)
-        caption, concepts, control = with_control(scene)
-        alignment = align_tokens(caption, concepts, backbone.tokenizer)
         clean = backbone.encode_image(frame.to_model(image))
         noises = [torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype) for _ in range(3)]
         with torch.no_grad():
-            states = backbone.text_states(alignment.input_ids)
             for key, resolutions in grids.items():
+                caption, concepts, control = with_control(scene, key.rpartition("control_")[2] or "end")
+                alignment = align_tokens(caption, concepts, backbone.tokenizer)
+                states = backbone.text_states(alignment.input_ids)
                 with record_cross_attention(backbone.unet, resolutions) as recorder:
                     recorder.active = True
                     for t, noise in zip((100, 200, 300), noises, strict=True):

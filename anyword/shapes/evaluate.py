@@ -155,14 +155,21 @@ def evaluate(
     }
 
 
-def with_control(scene: Scene) -> tuple[str, list, str]:
-    """``(caption, concepts, control)``: the caption with a control word appended (a training noun the scene does
-    not name, picked by the scene index) and the ground-truth concepts, one per phrase plus the control."""
+# Where the control word goes: appended (what ``anyword eval --localization`` measures), first, or after the
+# caption's first word (ungrammatical on purpose: a place training captions never put a word).
+CONTROL_PLACES = {"end": "{caption} {control}", "start": "{control}. {caption}", "second": "{first} {control} {rest}"}
+
+
+def with_control(scene: Scene, place: str = "end") -> tuple[str, list, str]:
+    """``(caption, concepts, control)``: the caption with a control word (a training noun the scene does not name,
+    picked by the scene index) at ``place`` (a key of :data:`CONTROL_PLACES`) and the ground-truth concepts, one
+    per phrase plus the control."""
     from anyword.parsing import concepts_from_entries
 
     absent = [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
     control = absent[scene.index % len(absent)]
-    caption = f"{scene.caption} {control}"
+    first, _, rest = scene.caption.partition(" ")
+    caption = CONTROL_PLACES[place].format(caption=scene.caption, control=control, first=first, rest=rest)
     entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
     entries.append({"noun": control, "adjectives": [], "phrase": control})
     return caption, concepts_from_entries(caption, entries), control

@@ -4,7 +4,10 @@ Same component classes as Stable Diffusion (diffusers ``UNet2DConditionModel`` w
 transformers ``CLIPTextModel`` with the real CLIP tokenizer), except that it works in pixel space: there is no VAE,
 the "latent" is the 64x64 RGB image scaled to [-1, 1] (``Backbone.vae = None``). It predicts v rather than epsilon
 (with epsilon-prediction the same budget did not bind words to objects), so inversion, direct inversion and the
-prompt-learning loss honour ``prediction_type``.
+prompt-learning loss honour ``prediction_type``. Besides the diffusion loss it was trained with TokenCompose's
+grounding losses on the training scenes' masks (:mod:`anyword.shapes.train`): with the diffusion loss alone its
+cross-attention stayed nearly uniform over the tokens (docs/benchmarks.md). The novel split's words are never seen
+in training, so prompt learning alone must bind them.
 """
 
 from __future__ import annotations
