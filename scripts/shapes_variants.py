@@ -89,11 +89,15 @@ def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
         image, masks = render(scene, 64)
         clean = backbone.encode_image(frame.to_model(image))
         noises = [torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype) for _ in range(3)]
+        encoded = {}  # control place -> (concepts, control, alignment, text states): one encoding per caption
         with torch.no_grad():
             for key, resolutions in grids.items():
-                caption, concepts, control = with_control(scene, key.rpartition("control_")[2] or "end")
-                alignment = align_tokens(caption, concepts, backbone.tokenizer)
-                states = backbone.text_states(alignment.input_ids)
+                place = key.partition("control_")[2] or "end"
+                if place not in encoded:
+                    caption, concepts, control = with_control(scene, place)
+                    alignment = align_tokens(caption, concepts, backbone.tokenizer)
+                    encoded[place] = concepts, control, alignment, backbone.text_states(alignment.input_ids)
+                concepts, control, alignment, states = encoded[place]
                 with record_cross_attention(backbone.unet, resolutions) as recorder:
                     recorder.active = True
                     for t, noise in zip((100, 200, 300), noises, strict=True):

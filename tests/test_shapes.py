@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from anyword.metrics import mask_iou
-from anyword.shapes.scenes import COLOURS, NOVEL_COLOURS, NOVEL_NOUNS, SHAPES, make_scene, phrase_masks, render
+from anyword.shapes.scenes import (
+    COLOURS,
+    NOVEL_COLOURS,
+    NOVEL_NOUNS,
+    SHAPES,
+    make_scene,
+    phrase_masks,
+    render,
+    true_concepts,
+)
 
 
 def test_scenes_are_deterministic_and_consistent():
@@ -298,15 +307,34 @@ def test_shipped_model_points_at_named_shapes(shapes_backbone):
     assert result["control_pointing"] <= 0.2  # a word the caption lacks does not light the shapes
 
 
+def test_variants_probe_scores_every_grid_and_control_place(shapes_backbone):
+    import importlib.util
+    from pathlib import Path
+
+    from anyword.shapes.evaluate import CONTROL_PLACES, with_control
+
+    path = Path(__file__).parents[1] / "scripts" / "shapes_variants.py"
+    spec = importlib.util.spec_from_file_location("shapes_variants", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    pointing, shares = harness.direct_probe(shapes_backbone, n=3, shares_n=1)
+    places = [p for p in CONTROL_PLACES if p != "end"]
+    assert set(pointing) == {"direct16", "direct32", "direct16_32"} | {f"direct16_32_control_{p}" for p in places}
+    assert len({row["chance"] for row in pointing.values()}) == 1  # every row scores the same shapes
+    assert all(0 <= row[k] <= 1 for row in pointing.values() for k in ("noun", "colour", "control"))
+    assert shares["words_on_shapes"] > shares["words_on_background"]
+    scene = make_scene("train", harness.VALIDATION_START, min_shapes=2, max_shapes=4)
+    captions = {place: with_control(scene, place)[0] for place in CONTROL_PLACES}
+    assert len(set(captions.values())) == len(CONTROL_PLACES) and captions["end"].startswith(scene.caption)
+
+
 def test_direct_inversion_is_exact_with_v_prediction(shapes_backbone):
     from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention
-    from anyword.parsing import concepts_from_entries
     from anyword.tokens import align_tokens
 
     scene = make_scene("seen", 3)
     image, _ = render(scene, 64)
-    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
-    concepts = concepts_from_entries(scene.caption, entries)
+    concepts = true_concepts(scene)
     alignment = align_tokens(scene.caption, concepts, shapes_backbone.tokenizer)
     settings = DiffusionSettings(
         inversion_steps=10, learning=LearningSettings(steps=2, batch_size=2), attention_resolutions=(16, 32)

@@ -23,7 +23,7 @@ from anyword.metrics import (
     grandf_recall,
     mask_iou,
 )
-from anyword.shapes.scenes import SHAPES, Scene, make_scene, render
+from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
 
 
 @dataclass(frozen=True)
@@ -164,15 +164,11 @@ def with_control(scene: Scene, place: str = "end") -> tuple[str, list, str]:
     """``(caption, concepts, control)``: the caption with a control word (a training noun the scene does not name,
     picked by the scene index) at ``place`` (a key of :data:`CONTROL_PLACES`) and the ground-truth concepts, one
     per phrase plus the control."""
-    from anyword.parsing import concepts_from_entries
-
     absent = [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
     control = absent[scene.index % len(absent)]
     first, _, rest = scene.caption.partition(" ")
     caption = CONTROL_PLACES[place].format(caption=scene.caption, control=control, first=first, rest=rest)
-    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
-    entries.append({"noun": control, "adjectives": [], "phrase": control})
-    return caption, concepts_from_entries(caption, entries), control
+    return caption, true_concepts(scene, caption, (control,)), control
 
 
 def localization(

@@ -287,6 +287,18 @@ def render(scene: Scene, size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
     return image, _visible_masks(scene.shapes, size)
 
 
+def true_concepts(scene: Scene, caption: str | None = None, extra_nouns: tuple[str, ...] = ()) -> tuple:
+    """The ground-truth concepts of ``caption`` (default: the scene's): one per phrase of the scene (its noun and
+    adjectives), plus one bare noun per ``extra_nouns`` entry (words the caption adds that name nothing in the
+    scene). Returns :class:`anyword.parsing.Concept` objects placed on ``caption``."""
+    from anyword.parsing.concepts import concepts_from_entries
+
+    caption = scene.caption if caption is None else caption
+    entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
+    entries += [{"noun": noun, "adjectives": [], "phrase": noun} for noun in extra_nouns]
+    return concepts_from_entries(caption, entries)
+
+
 def phrase_masks(scene: Scene, size: int) -> list[tuple[Phrase, np.ndarray]]:
     """Ground truth: every phrase of the caption with its shape's visible mask at ``size``."""
     _, masks = render(scene, size)

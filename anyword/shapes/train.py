@@ -25,9 +25,8 @@ import torch
 
 from anyword.diffusion.attention import RecordingCrossAttnProcessor, cross_attention_layers
 from anyword.diffusion.prompt_learning import training_target
-from anyword.parsing import concepts_from_entries
 from anyword.shapes.model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
-from anyword.shapes.scenes import SHAPES, Scene, make_scene, render
+from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
 from anyword.tokens import align_tokens
 
 # Training-distribution knobs (see make_scene); the shipped model used neither. docs/benchmarks.md lists the runs
@@ -99,10 +98,7 @@ def grounding_targets(
     masks = torch.zeros(len(scenes), GROUNDING_SLOTS, 64, 64, dtype=torch.bool)
     absent_slots = torch.zeros(len(scenes), GROUNDING_SLOTS, dtype=torch.bool)
     for row, (caption, scene, visible, noun) in enumerate(zip(captions, scenes, shape_masks, absent, strict=True)):
-        entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
-        if noun:
-            entries.append({"noun": noun, "adjectives": [], "phrase": noun})
-        concepts = concepts_from_entries(caption, entries)
+        concepts = true_concepts(scene, caption, (noun,) if noun else ())
         alignment = align_tokens(caption, concepts, tokenizer, max_length=77)
         shape_of = {p.text: p.shape_index for p in scene.phrases}
         background = torch.from_numpy(~np.any(visible, axis=0))
