@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -311,6 +312,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for flag, value in (
                 ("--ablation", args.ablation),
                 ("--steps", args.steps),
+                ("--learning-rate", args.learning_rate),
                 ("--inversion-steps", args.inversion_steps),
             )
             if value not in (None, False)
@@ -353,6 +355,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             diffusion = dataclasses.replace(
                 diffusion, learning=dataclasses.replace(diffusion.learning, steps=args.steps)
             )
+        if args.learning_rate is not None:
+            diffusion = dataclasses.replace(
+                diffusion, learning=dataclasses.replace(diffusion.learning, learning_rate=args.learning_rate)
+            )
         if args.inversion_steps is not None:
             diffusion = dataclasses.replace(diffusion, inversion_steps=args.inversion_steps)
         pipeline.settings = dataclasses.replace(pipeline.settings, diffusion=diffusion)
@@ -386,10 +392,15 @@ def _number(kind: type, low: float | None = None, high: float | None = None, inc
             raise argparse.ArgumentTypeError(
                 f"expected a {'whole number' if kind is int else 'number'}, got {text!r}"
             ) from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         below = low is not None and (value < low if inclusive else value <= low)
         above = high is not None and (value > high if inclusive else value >= high)
         if below or above:
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            if high is not None:
+                bounds = f"between {low} and {high}" + ("" if inclusive else " (exclusive)")
+            else:
+                bounds = f"at least {low}" if inclusive else f"greater than {low}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
@@ -399,6 +410,7 @@ def _number(kind: type, low: float | None = None, high: float | None = None, inc
 _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _fraction = _number(float, 0.0, 1.0, inclusive=False)
+_positive_float = _number(float, 0.0, inclusive=False)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -476,6 +488,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--image-size", type=_positive_int, default=128, help="rendered scene size (pixels)")
     evaluation.add_argument(
         "--steps", type=_non_negative_int, default=None, help="prompt-learning steps (default: the preset's)"
+    )
+    evaluation.add_argument(
+        "--learning-rate", type=_positive_float, default=None, help="prompt-learning rate (default: the preset's)"
     )
     evaluation.add_argument(
         "--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)"

@@ -361,11 +361,12 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
     from anyword.shapes.evaluate import ABLATION
 
     quick = ["--dataset", "shapes", "--split", "novel", "--n", "2", "--steps", "2", "--inversion-steps", "8", "--quiet"]
-    done = _eval_cli(*quick, "--ablation", "--json")
+    done = _eval_cli(*quick, "--learning-rate", "0.002", "--ablation", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # exactly one JSON object
     assert result["split"] == "novel" and result["n"] == 2 and result["scenes"] == [0, 1]
     assert result["settings"]["learning_steps"] == 2 and result["settings"]["inversion_steps"] == 8
+    assert result["settings"]["learning_rate"] == 0.002
     assert list(result["rows"]) == list(ABLATION)
     for name, row in result["rows"].items():
         assert (row["learning"], row["r1"], row["r2"]) == (
@@ -376,7 +377,7 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
         for metric in ("miou", "ciou", "giou", "ap50", "recall"):
             assert 0.0 <= row[metric] <= 1.0, (name, metric)
         assert row["seconds_per_image"] > 0
-    again = json.loads(_eval_cli(*quick, "--ablation", "--json").stdout)
+    again = json.loads(_eval_cli(*quick, "--learning-rate", "0.002", "--ablation", "--json").stdout)
     assert {k: v["miou"] for k, v in again["rows"].items()} == {k: v["miou"] for k, v in result["rows"].items()}
 
 
@@ -387,6 +388,9 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
         (["--n", "0"], "--n"),
         (["--start", "-3"], "--start"),
         (["--localization", "--steps", "5"], "--steps cannot be combined with --localization"),
+        (["--localization", "--learning-rate", "1e-3"], "--learning-rate cannot be combined with --localization"),
+        (["--learning-rate", "0"], "--learning-rate: must be greater than 0.0, got 0.0"),
+        (["--learning-rate", "nan"], "--learning-rate: expected a finite number, got 'nan'"),
     ],
 )
 def test_eval_cli_rejects_bad_arguments(args, message):

@@ -145,6 +145,7 @@ def evaluate(
         "settings": {
             "learning_steps": base.diffusion.learning.steps,
             "learning_batch": base.diffusion.learning.batch_size,
+            "learning_rate": base.diffusion.learning.learning_rate,
             "learning_timesteps": base.diffusion.learning.timestep_range,
             "inversion_steps": base.diffusion.inversion_steps,
             "attention_resolutions": list(base.diffusion.attention_resolutions),
