@@ -351,14 +351,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         pipeline = SegmentAnyword("shapes", segmenter="grabcut", device=args.device)
         diffusion = pipeline.settings.diffusion
-        if args.steps is not None:
-            diffusion = dataclasses.replace(
-                diffusion, learning=dataclasses.replace(diffusion.learning, steps=args.steps)
-            )
-        if args.learning_rate is not None:
-            diffusion = dataclasses.replace(
-                diffusion, learning=dataclasses.replace(diffusion.learning, learning_rate=args.learning_rate)
-            )
+        learning_changes = {"steps": args.steps, "learning_rate": args.learning_rate}
+        learning_changes = {name: value for name, value in learning_changes.items() if value is not None}
+        diffusion = dataclasses.replace(diffusion, learning=dataclasses.replace(diffusion.learning, **learning_changes))
         if args.inversion_steps is not None:
             diffusion = dataclasses.replace(diffusion, inversion_steps=args.inversion_steps)
         pipeline.settings = dataclasses.replace(pipeline.settings, diffusion=diffusion)

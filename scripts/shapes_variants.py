@@ -78,8 +78,9 @@ def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
     from anyword.shapes.scenes import make_scene, render
     from anyword.tokens import align_tokens
 
-    grids = {"direct16": (16,), "direct32": (32,), "direct16_32": (16, 32)}
-    grids |= {f"direct16_32_control_{place}": (16, 32) for place in CONTROL_PLACES if place != "end"}
+    # row -> (grids, where the control word goes)
+    grids = {"direct16": ((16,), "end"), "direct32": ((32,), "end"), "direct16_32": ((16, 32), "end")}
+    grids |= {f"direct16_32_control_{place}": ((16, 32), place) for place in CONTROL_PLACES if place != "end"}
     hits = {key: {"noun": [], "colour": [], "control": [], "chance": []} for key in grids}
     share_rows = []
     generator = torch.Generator().manual_seed(0)
@@ -89,14 +90,13 @@ def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
         image, masks = render(scene, 64)
         clean = backbone.encode_image(frame.to_model(image))
         noises = [torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype) for _ in range(3)]
-        encoded = {}  # control place -> (concepts, control, alignment, text states): one encoding per caption
         with torch.no_grad():
-            for key, resolutions in grids.items():
-                place = key.partition("control_")[2] or "end"
-                if place not in encoded:
-                    caption, concepts, control = with_control(scene, place)
-                    alignment = align_tokens(caption, concepts, backbone.tokenizer)
-                    encoded[place] = concepts, control, alignment, backbone.text_states(alignment.input_ids)
+            encoded = {}  # control place -> (concepts, control, alignment, text states): one encoding per caption
+            for place in CONTROL_PLACES:
+                caption, concepts, control = with_control(scene, place)
+                alignment = align_tokens(caption, concepts, backbone.tokenizer)
+                encoded[place] = concepts, control, alignment, backbone.text_states(alignment.input_ids)
+            for key, (resolutions, place) in grids.items():
                 concepts, control, alignment, states = encoded[place]
                 with record_cross_attention(backbone.unet, resolutions) as recorder:
                     recorder.active = True

@@ -276,7 +276,8 @@ def train(
     if device == "cpu":
         unet.set_attn_processor(AttnProcessor())  # plain matmul beats SDPA for these tiny heads on CPU
     collector = AttentionCollector()
-    if grounding_weight > 0 or pixel_weight > 0:
+    grounding = grounding_weight > 0 or pixel_weight > 0
+    if grounding:
         processors = dict(unet.attn_processors)
         for name in cross_attention_layers(unet):
             processors[name] = RecordingCrossAttnProcessor(collector, name.removesuffix(".processor"))
@@ -343,7 +344,7 @@ def train(
             print(f"stopping at step {step}: time limit", file=sys.stderr)
             break
         started = time.perf_counter()
-        collector.active, collector.collected = grounding_weight > 0 or pixel_weight > 0, []
+        collector.active, collector.collected = grounding, []
         diffusion, timesteps = v_loss(unet, text_encoder, scheduler, pixels, ids, generator, autocast)
         collector.active = False
         token, pixel = grounding_loss(
