@@ -10,13 +10,21 @@ import argparse
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from anyword.errors import AnywordError
+from anyword.parsing.openai_parser import MAX_TIMEOUT_S
+from anyword.seeds import MAX_SEED
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader closed the pipe
+BATCH_MARKER = "summary.json"  # what makes a folder an earlier batch's output
+BATCH_LINE_FOLDER = re.compile(r"\d{4,}_[A-Za-z0-9._-]*")
 PRESET_NAMES = ("sd15", "sd14", "sd15-random", "tiny", "shapes")
 
 logger = logging.getLogger("anyword")
@@ -40,7 +48,9 @@ def _add_parser_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--base-url", default=None, help="OpenAI-compatible server URL (default: OPENAI_BASE_URL, else OpenAI)"
     )
-    group.add_argument("--llm-timeout", type=float, default=None, help="seconds to wait for the LLM (default 30)")
+    group.add_argument(
+        "--llm-timeout", type=_timeout, default=None, help="seconds to wait for the LLM (default 30, at most 600)"
+    )
 
 
 def _make_parser(args: argparse.Namespace):
@@ -180,11 +190,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return _segment_batch(args)
     if not args.image or args.caption is None:
         raise AnywordError("give an IMAGE and a CAPTION (or --batch FILE.jsonl)")
-    if not Path(args.image).is_file():
-        raise AnywordError(f"image file not found: {args.image}")
+    from anyword.export import check_output_folder
+    from anyword.images import check_image_path
+
+    check_image_path(args.image)
+    out = check_output_folder(args.out)
     pipeline = _make_pipeline(args)
     settings = _run_settings(pipeline, args)
-    out = Path(args.out)
     result = _segment_one(pipeline, settings, args.image, args.caption, out)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -204,13 +216,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_batch(args: argparse.Namespace) -> int:
-    import re
-
     from tqdm.auto import tqdm
 
+    from anyword.export import check_output_folder
+    from anyword.images import check_image_path
+
     batch = Path(args.batch)
+    out = check_output_folder(args.out, BATCH_MARKER)
     try:
-        lines = batch.read_text(encoding="utf-8").splitlines()
+        lines = batch.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not line 1's
     except (OSError, UnicodeDecodeError) as error:
         raise AnywordError(f"cannot read batch file {batch}: {error}") from None
     jobs = [(number, line) for number, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
@@ -218,8 +232,7 @@ def _segment_batch(args: argparse.Namespace) -> int:
         raise AnywordError(f"{batch} has no lines to run")
     pipeline = _make_pipeline(args)
     settings = _run_settings(pipeline, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _clear_earlier_batch(out)
     done, failed = [], []
     for number, line in tqdm(jobs, desc="batch", unit="image", disable=args.quiet):
         try:
@@ -233,6 +246,7 @@ def _segment_batch(args: argparse.Namespace) -> int:
             image_path = Path(item["image"])
             if not image_path.is_absolute():
                 image_path = batch.parent / image_path  # relative to the batch file
+            check_image_path(image_path)
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", image_path.stem)[:40]
             folder = out / f"{number:04d}_{slug}"
             result = _segment_one(pipeline, settings, str(image_path), item["caption"], folder)
@@ -263,12 +277,21 @@ def _segment_batch(args: argparse.Namespace) -> int:
         "results": done,
         "errors": failed,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (out / BATCH_MARKER).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
     else:
         print(f"{len(done)} of {len(jobs)} lines done, {len(failed)} failed; summary in {out / 'summary.json'}")
     return EXIT_OK if not failed else EXIT_USAGE
+
+
+def _clear_earlier_batch(out: Path) -> None:
+    """Remove an earlier batch's summary and line folders, so none of them sits beside the new results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BATCH_MARKER).unlink(missing_ok=True)
+    for entry in out.iterdir():
+        if entry.is_dir() and BATCH_LINE_FOLDER.fullmatch(entry.name):
+            shutil.rmtree(entry)
 
 
 # --- bench ---------------------------------------------------------------------------------------------------
@@ -406,6 +429,8 @@ _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _fraction = _number(float, 0.0, 1.0, inclusive=False)
 _positive_float = _number(float, 0.0, inclusive=False)
+_seed = _number(int, 0, MAX_SEED)
+_timeout = _number(float, 0.0, MAX_TIMEOUT_S + 1e-9, inclusive=False)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -458,7 +483,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     method.add_argument("--no-r1", action="store_true", help="no positive adjective clustering")
     method.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
     method.add_argument(
-        "--seed", type=_non_negative_int, default=None, help="seed of prompt learning and sampling (default 0)"
+        "--seed", type=_seed, default=None, help=f"seed of prompt learning and sampling, 0 to {MAX_SEED} (default 0)"
     )
     method.add_argument(
         "--embeddings-cache",
@@ -519,8 +544,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore", "openai"):  # their debug lines carry request details, even with --debug
+        logging.getLogger(noisy).setLevel(logging.INFO)
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        return _closed_pipe()
     except AnywordError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -534,6 +563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr
         )
         return EXIT_BUG
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``anyword ... | head``): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit cannot fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

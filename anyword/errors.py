@@ -34,3 +34,11 @@ class ModelUnavailableError(AnywordError):
 
 class ParserUnavailableError(AnywordError):
     """A caption parser cannot run (spaCy model not installed, LLM failure without fallback)."""
+
+
+class SettingsError(AnywordError):
+    """A setting is out of its range (seed, steps, threshold typed by a user)."""
+
+
+class OutputError(AnywordError):
+    """The output folder cannot receive results (a file, not empty, not writable)."""

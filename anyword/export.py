@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,7 +16,10 @@ import numpy as np
 from PIL import Image
 
 from anyword import viz
+from anyword.errors import OutputError
 from anyword.pipeline import RANDOM_WEIGHTS_WARNING, SegmentationResult
+
+RESULT_MARKER = "result.json"  # what makes a folder an earlier single-image result
 
 
 def mask_filename(concept_id: int, noun: str) -> str:
@@ -111,14 +117,57 @@ def output_files(result: SegmentationResult, image: np.ndarray, image_name: str 
 def write_outputs(
     result: SegmentationResult, image: np.ndarray, out_dir: str | Path, image_name: str = "image"
 ) -> dict[str, Path]:
+    """Write every output file into ``out_dir``, replacing what an earlier run left there (see
+    :func:`replace_folder`); returns ``{relative path: path}``."""
     out = Path(out_dir)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in output_files(result, image, image_name).items():
-        path = out / name
-        path.write_bytes(data)
-        written[name] = path
-    return written
+    files = output_files(result, image, image_name)
+    replace_folder(out, files)
+    return {name: out / name for name in files}
+
+
+def check_output_folder(out: str | Path, marker: str = RESULT_MARKER) -> Path:
+    """Refuse an output folder that cannot take results, before any work is done.
+
+    ``out`` may be missing (it is created), empty, or an earlier result (it holds ``marker``), which is replaced.
+    A file, or a folder holding other things, is refused rather than mixed with new results or deleted.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder (it is created if missing)")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise OutputError(
+            f"--out {out} already holds files that are not an earlier anyword result; give an empty or new folder "
+            f"(a folder with an earlier result, i.e. a {marker}, is replaced)"
+        )
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {existing} (permission denied)")
+    return out
+
+
+def replace_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a new folder beside ``out``, then swap it into place: a run that fails half-way
+    leaves the earlier result untouched, and no file of an earlier result survives next to the new one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    try:
+        os.chmod(staging, 0o755)
+        for name, data in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        previous = None
+        if out.exists() or out.is_symlink():
+            if not out.is_dir():
+                raise OutputError(f"--out {out} is a file; give a folder (it is created if missing)")
+            previous = out.parent / f"{staging.name.removesuffix('.new')}.old"
+            os.rename(out, previous)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def zip_outputs(result: SegmentationResult, image: np.ndarray, image_name: str = "image") -> bytes:

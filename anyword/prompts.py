@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from anyword.parsing.concepts import Concept
+from anyword.seeds import MAX_SEED
 
 SAMPLING_MODES = ("random", "peak")
 ADJECTIVE_REGIONS = ("largest", "noun_support")
@@ -62,8 +63,8 @@ class PromptSettings:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed}")
         if self.noun_points < 1:
             raise ValueError("noun_points must be at least 1")
         low, high = self.background_points

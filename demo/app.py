@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 
 from demo.models import PRESETS
@@ -44,7 +45,37 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="GPU jobs run at once (default 1: the rest queue)",
     )
     parser.add_argument("--max-file-size", default=env("ANYWORD_MAX_FILE_SIZE", "50mb"))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--llm-base-url",
+        default=env("ANYWORD_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
+        help="the LLM parser's OpenAI-compatible endpoint; the server's OPENAI_API_KEY goes only there "
+        "(default: OpenAI's API)",
+    )
+    parser.add_argument(
+        "--allow-visitor-llm-url",
+        action="store_true",
+        default=env("ANYWORD_ALLOW_VISITOR_LLM_URL", "") == "1",
+        help="on a public server, let visitors type their own LLM endpoint (with their own key; private, "
+        "loopback and link-local addresses are refused). Local servers always allow it.",
+    )
+    parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=float(env("ANYWORD_SESSION_TTL", "3600")),
+        help="seconds after its last action that a session's state and download are deleted (default 3600)",
+    )
+    args = parser.parse_args(argv)
+    if not (args.session_ttl > 0 and math.isfinite(args.session_ttl)):
+        parser.error(f"--session-ttl must be a positive number of seconds, got {args.session_ttl}")
+    return args
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_public(args: argparse.Namespace) -> bool:
+    """Whether people other than the operator can reach the page: another interface, a share link, a Space."""
+    return args.share or args.host not in LOCAL_HOSTS or bool(os.environ.get("SPACE_ID"))
 
 
 def main(argv=None) -> None:
@@ -52,12 +83,19 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "openai"):  # their debug lines carry request details
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    public = is_public(args)
     config = DemoConfig(
         preset=args.preset,
         device=args.device,
         dtype=args.dtype,
         sam_model=args.sam_model,
         gpu_concurrency=args.gpu_concurrency,
+        llm_base_url=args.llm_base_url,
+        visitor_llm_urls=args.allow_visitor_llm_url or not public,
+        refuse_private_llm_urls=public,
+        session_ttl_s=args.session_ttl,
     )
     demo = build_demo(config)
     demo.queue(default_concurrency_limit=4)

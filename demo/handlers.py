@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +20,11 @@ from anyword.errors import AnywordError
 from anyword.export import heatmap_items, zip_outputs
 from anyword.images import image_digest, load_image
 from anyword.parsing import OBJECT, ParseResult, SpacyParser
-from anyword.parsing.openai_parser import DEFAULT_MODEL, OpenAIParser
+from anyword.parsing.llm_access import LLMAccess
 from anyword.pipeline import PipelineSettings, SegmentationResult
 from anyword.prompts import NEGATIVE, POSITIVE, PromptSettings
+from anyword.seeds import check_seed
+from demo.exports import ExportStore
 from demo.state import Session
 
 PARSER_SPACY = "spaCy (offline)"
@@ -86,28 +87,24 @@ def parse_caption(
     llm_model: str = "",
     base_url: str = "",
     nlp=None,
+    llm: LLMAccess | None = None,
 ) -> tuple[Session, dict]:
-    """Caption -> concepts with the chosen parser. The key is used for this call only (never kept or shown)."""
+    """Caption -> concepts with the chosen parser. ``llm`` decides which endpoint and key the LLM parser may use
+    (the visitor's key serves this call only and is never kept or shown)."""
     if not caption or not caption.strip():
         raise AnywordError("Type a caption first: describe the objects to segment, e.g. 'a brown dog on a red sofa'.")
     spacy_parser = SpacyParser(nlp=nlp)
     if parser_choice == PARSER_LLM:
-        parser = OpenAIParser(
-            model=llm_model.strip() or DEFAULT_MODEL,
-            base_url=base_url.strip() or None,
-            api_key=api_key.strip() or None,
-            fallback=spacy_parser,
-        )
+        result, problem = (llm or LLMAccess()).parse(caption, spacy_parser, base_url, api_key, llm_model)
     else:
-        parser = spacy_parser
-    result = parser.parse(caption)
+        result, problem = spacy_parser.parse(caption), None
     session = dataclasses.replace(session)
     session.forget_from_parse()
     session.parse = result
     notice = f"{len(result.concepts)} concepts found by {result.parser}."
-    if result.fallback_reason:
-        notice = f"The LLM parser failed ({result.fallback_reason}); spaCy parsed the caption instead. " + notice
-    return session, {**parse_view(result), "notice": notice, "warning": bool(result.fallback_reason)}
+    if problem:
+        notice = f"{problem} {notice}"
+    return session, {**parse_view(result), "notice": notice, "warning": bool(problem)}
 
 
 def parse_view(result: ParseResult) -> dict:
@@ -198,7 +195,7 @@ def run_settings(
         diffusion=dataclasses.replace(settings.diffusion, learning=learning),
         prompts=dataclasses.replace(settings.prompts, threshold=float(threshold), r1=bool(r1), r2=bool(r2)),
     )
-    return settings.with_seed(int(seed or 0))
+    return settings.with_seed(check_seed(0 if seed is None else seed))
 
 
 def learning_steps(pipeline, quality: str, steps: float | None) -> int:
@@ -252,7 +249,11 @@ def resample(hub, session: Session, threshold: float, r1: bool, r2: bool, seed: 
         return session, {}
     pipeline = hub.pipeline(session.preset)
     settings = dataclasses.replace(
-        pipeline.settings.prompts, threshold=float(threshold), r1=bool(r1), r2=bool(r2), seed=int(seed or 0)
+        pipeline.settings.prompts,
+        threshold=float(threshold),
+        r1=bool(r1),
+        r2=bool(r2),
+        seed=check_seed(0 if seed is None else seed),
     )
     session = _resample(pipeline, session, settings)
     return session, {
@@ -382,15 +383,16 @@ def segment(hub, session: Session, threshold: float) -> tuple[Session, dict]:
     }
 
 
-def export(session: Session) -> tuple[Session, dict]:
+def export(session: Session, store: ExportStore) -> tuple[Session, dict]:
     """The download (zip of mask PNGs, overlay, heatmaps, result.json, COCO RLE) and the result JSON, made after
-    the masks are on screen so that segmenting stays instant."""
+    the masks are on screen so that segmenting stays instant. The zip replaces the session's previous one in
+    ``store``, which deletes it when the session ends."""
     if session.result is None:
         raise AnywordError("Segment first.")
     result = session.result
-    folder = Path(tempfile.mkdtemp(prefix="anyword-"))
-    archive = folder / f"segment-anyword-{Path(session.image_name).stem or 'image'}.zip"
-    archive.write_bytes(zip_outputs(result, session.image, session.image_name))
+    session = dataclasses.replace(session, export_owner=session.export_owner or store.new_owner())
+    name = f"segment-anyword-{Path(session.image_name).stem or 'image'}.zip"
+    archive = store.write(session.export_owner, name, zip_outputs(result, session.image, session.image_name))
     summary = result.to_dict()
     summary["concepts"] = [
         {k: c[k] for k in ("id", "phrase", "noun", "adjectives", "points", "score", "mask_area")}

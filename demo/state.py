@@ -30,6 +30,7 @@ class Session:
     result: SegmentationResult | None = None
     concept_id: int | None = None
     notice: str = ""
+    export_owner: str | None = None  # this session's folder in the export store (made on its first export)
 
     @property
     def display_scale(self) -> float:

@@ -16,7 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from anyword.errors import AnywordError
+from anyword.parsing.llm_access import LLMAccess
 from demo import handlers as h
+from demo.exports import DEFAULT_MAX_BYTES, ExportStore
 from demo.models import OFFLINE_FALLBACK, PRESETS, ModelHub, availability
 from demo.state import Session
 
@@ -33,12 +35,45 @@ CSS = """
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """How the page is served. ``llm_base_url``: the operator's LLM endpoint (its key is ``OPENAI_API_KEY``);
+    ``visitor_llm_urls``: visitors may type their own endpoint (with their own key); ``refuse_private_llm_urls``:
+    such endpoints must resolve to public addresses (on for public servers); ``session_ttl_s``: an idle session's
+    state and download are deleted after this long."""
+
     preset: str = "sd15"
     device: str | None = None
     dtype: str | None = None
     sam_model: str | None = None
     gpu_concurrency: int = 1
     check_availability: bool = True
+    llm_base_url: str | None = None
+    visitor_llm_urls: bool = False
+    refuse_private_llm_urls: bool = True
+    session_ttl_s: float = 3600.0
+    export_max_bytes: int = DEFAULT_MAX_BYTES
+    parse_concurrency: int = 8
+    llm_concurrency: int = 2
+
+
+class UploadedImage(gr.Image):
+    """An image input that hands the handler the uploaded file as it is.
+
+    ``gr.Image`` decodes every upload and, for anything but 8-bit RGB, converts it and writes the copy to a path
+    named by its content: that skipped the library's size check (a 140 KB greyscale PNG of 144 MP was decoded
+    before being refused), whitened 16-bit images, dropped palette transparency, and let parallel uploads of the
+    same file read each other's half-written copy. Here the file goes straight to ``anyword.images.load_image``,
+    the CLI's own loader, which checks the size from the header before decoding.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"  # the front end is gr.Image's
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path is None:  # a pasted data: URL
+            return super().preprocess(payload)
+        return str(payload.path)
 
 
 def examples(preset_group: str) -> list[list[str]]:
@@ -73,9 +108,21 @@ def compute_duration(session, preset, quality, steps, *args, **kwargs) -> int:
 def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -> gr.Blocks:
     hub = hub or ModelHub(device=config.device, dtype=config.dtype, sam_model=config.sam_model)
     preset, status = _startup_preset(config)
+    llm = LLMAccess(
+        config.llm_base_url,
+        visitor_urls=config.visitor_llm_urls,
+        refuse_private=config.refuse_private_llm_urls,
+        max_concurrent=config.llm_concurrency,
+    )
+    store = ExportStore(Path(gradio_cache_folder()) / "anyword-exports", max_bytes=config.export_max_bytes)
 
-    with gr.Blocks(title="Segment Anyword") as demo:
-        session = gr.State(Session(preset=preset))
+    def end_session(value) -> None:
+        store.release(getattr(value, "export_owner", None))
+
+    # Gradio's own cache (uploads, pictures sent to the page) is swept of files older than the session TTL.
+    sweep = max(60, int(config.session_ttl_s))
+    with gr.Blocks(title="Segment Anyword", delete_cache=(sweep, sweep)) as demo:
+        session = gr.State(Session(preset=preset), time_to_live=config.session_ttl_s, delete_callback=end_session)
         gr.Markdown(
             "# Segment Anyword\nSegment every object a caption names: a frozen Stable Diffusion learns the caption's "
             "words for this image, its cross-attention becomes point prompts (R1: adjectives add positives, R2: other "
@@ -88,7 +135,9 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         gr.Markdown("### 1 · Image and caption")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="input-image")
+                image = UploadedImage(
+                    type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="input-image"
+                )
                 caption = gr.Textbox(
                     label="Caption",
                     lines=3,
@@ -104,7 +153,10 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
                         placeholder=key_hint,
                     )
                     llm_model = gr.Textbox(value="gpt-4o", label="Model")
-                    base_url = gr.Textbox(label="Base URL of an OpenAI-compatible server (empty: OpenAI)")
+                    base_url = gr.Textbox(
+                        label="Base URL of an OpenAI-compatible server (empty: this server's; yours needs your key)",
+                        visible=config.visitor_llm_urls,
+                    )
                 parse_button = gr.Button("Parse", variant="primary", elem_id="parse-button")
                 gr.Examples(
                     examples("photos"), inputs=[image, caption], label="Photos (pretrained models)", examples_per_page=5
@@ -241,7 +293,10 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
             return run, [session, *(components[name] for name in names)]
 
         def on_parse(session_value, text, parser, key, model, url):
-            return h.parse_caption(session_value, text, parser, key, model, url, nlp=hub.nlp)
+            return h.parse_caption(session_value, text, parser, key, model, url, nlp=hub.nlp, llm=llm)
+
+        def on_export(session_value):
+            return h.export(session_value, store)
 
         def on_compute(
             session_value,
@@ -277,8 +332,14 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         function, outputs = event(h.set_image, ())
         image.change(function, [session, image], outputs, api_name="set_image")
         function, outputs = event(on_parse, concept_parts)
+        # Parses have their own workers; LLM calls take at most llm_concurrency of them (see LLMAccess).
         parse_button.click(
-            function, [session, caption, parser_choice, api_key, llm_model, base_url], outputs, api_name="parse"
+            function,
+            [session, caption, parser_choice, api_key, llm_model, base_url],
+            outputs,
+            api_name="parse",
+            concurrency_id="parse",
+            concurrency_limit=config.parse_concurrency,
         )
         function, outputs = event(h.edit_concepts, concept_parts)
         edit_button.click(function, [session, action, edit_concept, edit_word], outputs, api_name="edit_concepts")
@@ -305,11 +366,18 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
             function, outputs = event(handler, point_parts)
             button.click(function, [session], outputs, api_name=name, show_progress="hidden")
         segment_function, segment_outputs = event(gpu_task(on_segment, 60), ("annotated",))
-        export_function, export_outputs = event(h.export, ("download", "result_json"))
+        export_function, export_outputs = event(on_export, ("download", "result_json"))
         segment_button.click(segment_function, [session, threshold], segment_outputs, api_name="segment", **gpu).then(
             export_function, [session], export_outputs, api_name="export", show_progress="hidden"
         )
     return demo
+
+
+def gradio_cache_folder() -> str:
+    """The folder Gradio serves files from without copying them (``GRADIO_TEMP_DIR``, else the system's)."""
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
 
 
 def _startup_preset(config: DemoConfig) -> tuple[str, str]:

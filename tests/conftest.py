@@ -84,10 +84,24 @@ def start_demo(*args: str, env: dict | None = None, timeout_s: float = 180.0):
     raise RuntimeError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
 
 
+OPERATOR_KEY = "sk-operator-SECRET-demo"
+
+
 @pytest.fixture(scope="session")
-def demo_server():
-    """The demo on the tiny preset, shared by the API and browser tests."""
-    process, url, seconds = start_demo("--preset", "tiny")
+def operator_llm():
+    """The LLM endpoint the demo's operator configured (its key: ``OPERATOR_KEY``); tests set its reply."""
+    from tests.fake_openai import FakeOpenAIServer
+
+    server = FakeOpenAIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(operator_llm):
+    """The demo on the tiny preset, shared by the API and browser tests; its operator has an LLM key and endpoint."""
+    env = {"OPENAI_API_KEY": OPERATOR_KEY, "ANYWORD_LLM_BASE_URL": operator_llm.base_url}
+    process, url, seconds = start_demo("--preset", "tiny", env=env)
     print(f"\ndemo served {url} {seconds:.1f} s after launch")
     yield url
     process.terminate()

@@ -95,6 +95,8 @@ def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
     Image.new("RGB", (100, 40), (200, 10, 10)).save(folder / "rotated.jpg", exif=exif)
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (folder / "huge.png").write_bytes(huge_png_header(20000, 20000))
+    os.mkfifo(folder / "pipe.png")  # opening it would block the run forever
+    (folder / "folder.png").mkdir()
     lines = [
         {"image": "cmyk.jpg", "caption": "a red square"},
         {"image": "grey16.png", "caption": "a grey wall"},
@@ -106,14 +108,17 @@ def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
         {"image": "huge.png", "caption": "a dog"},
         {"image": "rotated.jpg", "caption": "a red door"},
         {"caption": "no image key"},
+        {"image": "pipe.png", "caption": "a dog"},
+        {"image": "folder.png", "caption": "a dog"},
     ]
     batch = folder / "batch.jsonl"
-    batch.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+    batch.write_text("\ufeff" + text, encoding="utf-8")  # a byte-order mark, as some Windows editors write
     out = tmp_path / "out"
     done = segment("--batch", str(batch), "--out", str(out), *QUICK)
     assert done.returncode == 2, done.stderr  # some lines failed
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["lines"] == 10 and summary["done"] == 4 and summary["failed"] == 6
+    assert summary["lines"] == 12 and summary["done"] == 4 and summary["failed"] == 8
     errors = {e["line"]: e["error"] for e in summary["errors"]}
     assert "not valid JSON" in errors[3]
     assert "not found" in errors[5]
@@ -121,6 +126,8 @@ def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
     assert "corrupt" in errors[7]
     assert "too large" in errors[8] and "40 MP" in errors[8]
     assert '"image" and "caption"' in errors[10]
+    assert "not a regular file" in errors[11] and "folder" in errors[12]
+    assert 1 not in errors  # the byte-order mark is not part of line 1
     assert "Traceback" not in done.stderr and "line 5: error:" in done.stderr
     sizes = {
         Path(r["image"]).name: json.loads((Path(r["out"]) / "result.json").read_text())["image"]

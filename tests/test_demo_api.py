@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from gradio_client import Client, handle_file
+
+from tests.conftest import OPERATOR_KEY
+from tests.fake_openai import Reply, concepts_json
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CAPTION = "a red espresso cup on a red saucer with a silver spoon"
@@ -44,3 +49,47 @@ def test_errors_come_back_as_messages_and_the_server_keeps_serving(demo_server):
     assert "no nouns found" in refused[NOTICE] and refused[CONCEPTS] == {"__type__": "update"}
     parsed = client.predict("a dog on a sofa", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
     assert "2 concepts found" in parsed[NOTICE]
+
+
+def test_the_operators_key_never_goes_to_a_visitors_server(demo_server, operator_llm, openai_server):
+    answer = concepts_json(("dog", [], "dog"), ("sofa", [], "sofa"))
+    operator_llm.reply = openai_server.reply = lambda body, headers: Reply(content=answer)
+    operator_llm.requests.clear()
+    client = Client(demo_server, verbose=False)
+    llm = "GPT-4o / OpenAI-compatible LLM"
+    refused = client.predict("a dog on a sofa", llm, "", "gpt-4o", openai_server.base_url, api_name="/parse")
+    assert "needs your own API key" in refused[NOTICE] and openai_server.requests == []
+    own = client.predict("a dog on a sofa", llm, "sk-visitor-1", "gpt-4o", openai_server.base_url, api_name="/parse")
+    assert "2 concepts found by openai" in own[NOTICE]
+    assert [r.headers["authorization"] for r in openai_server.requests] == ["Bearer sk-visitor-1"]
+    operators = client.predict("a dog on a sofa", llm, "", "gpt-4o", "", api_name="/parse")
+    assert "2 concepts found by openai" in operators[NOTICE]
+    assert [r.headers["authorization"] for r in operator_llm.requests] == [f"Bearer {OPERATOR_KEY}"]
+
+
+def test_silent_llm_servers_never_hold_up_spacy_parses(demo_server, operator_llm):
+    release = threading.Event()
+
+    def silent(body, headers):
+        release.wait(60)
+        return Reply(status=500)
+
+    operator_llm.reply = silent
+    operator_llm.requests.clear()
+    llm = "GPT-4o / OpenAI-compatible LLM"
+    try:
+        stuck = [
+            Client(demo_server, verbose=False).submit("a dog on a sofa", llm, "", "gpt-4o", "", api_name="/parse")
+            for _ in range(4)
+        ]
+        while len(operator_llm.requests) < 2:  # both LLM slots taken by the silent server
+            time.sleep(0.05)
+        parsed = Client(demo_server, verbose=False).predict(
+            "a cat on a mat", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse"
+        )
+        assert "2 concepts found by spacy" in parsed[NOTICE]
+        assert sum(not job.done() for job in stuck) >= 2  # the LLM parses are still waiting
+    finally:
+        release.set()
+    notices = [job.result()[NOTICE] for job in stuck]
+    assert sum("could not be used" in n for n in notices) == 2 and sum("busy" in n for n in notices) == 2

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from anyword.errors import AnywordError
+from anyword.parsing.llm_access import LLMAccess
 from demo import handlers as h
+from demo.exports import ExportStore
 from demo.models import ModelHub
 from demo.state import DISPLAY_MAX_SIDE, Session
 from tests.fake_openai import Reply
@@ -99,7 +101,12 @@ def test_clicks_on_a_downscaled_editor_map_back_exactly(hub, nlp, tmp_path):
     assert (point.x, point.y) == (round(1000 / scale), round(100 / scale))  # (2344, 342) in the original
 
 
-def test_segment_returns_masks_and_a_download(hub, computed):
+@pytest.fixture()
+def store(tmp_path):
+    return ExportStore(tmp_path / "exports")
+
+
+def test_segment_returns_masks_and_a_download(hub, computed, store):
     session, _ = computed
     session, _ = h.select_point(session, h.MODE_POSITIVE, select(300, 200))
     session, view = h.segment(hub, session, 0.7)
@@ -107,7 +114,7 @@ def test_segment_returns_masks_and_a_download(hub, computed):
     assert base.shape == (400, 600, 3)
     assert [label for _, label in annotations] == ["0: red espresso cup", "1: red saucer", "2: silver spoon"]
     assert all(mask.shape == (400, 600) and mask.dtype == bool for mask, _ in annotations)
-    session, view = h.export(session)
+    session, view = h.export(session, store)
     points = view["result_json"]["concepts"][0]["points"]
     assert {"x": 300.0, "y": 200.0, "label": 1, "source": "user"} in points
     with zipfile.ZipFile(view["download"]) as archive:
@@ -151,7 +158,7 @@ def test_concept_edits(nlp):
         (lambda hub, s: h.compute(hub, s, "tiny", h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Parse the caption"),
         (lambda hub, s: h.click(s, 10, 10, h.MODE_POSITIVE), "Compute attention first"),
         (lambda hub, s: h.segment(hub, s, 0.7), "Compute attention first"),
-        (lambda hub, s: h.export(s), "Segment first"),
+        (lambda hub, s: h.export(s, None), "Segment first"),
         (lambda hub, s: h.undo(s), "Nothing to undo"),
         (lambda hub, s: h.parse_caption(s, "  ", h.PARSER_SPACY), "Type a caption"),
         (lambda hub, s: h.parse_caption(s, "hello!!", h.PARSER_SPACY), "no nouns"),
@@ -180,10 +187,13 @@ def test_bad_uploads(tmp_path):
 def test_llm_failure_falls_back_visibly_and_never_shows_the_key(openai_server, nlp):
     openai_server.reply = lambda body, headers: Reply(status=401)
     key = "sk-demo-SECRET-123456"
+    local = LLMAccess(visitor_urls=True, refuse_private=False)  # a local server: the visitor is the operator
     session, view = h.parse_caption(
-        Session(), "a dog on a sofa", h.PARSER_LLM, key, "gpt-4o", openai_server.base_url, nlp=nlp
+        Session(), "a dog on a sofa", h.PARSER_LLM, key, "gpt-4o", openai_server.base_url, nlp=nlp, llm=local
     )
-    assert view["warning"] and "HTTP 401" in view["notice"] and "spaCy parsed" in view["notice"]
+    # one generic sentence: the visitor learns nothing about the endpoint's answer
+    assert view["warning"] and "could not be used" in view["notice"] and "spaCy parsed" in view["notice"]
+    assert "401" not in view["notice"]
     assert session.parse.parser == "spacy"
     assert key not in json.dumps(view, default=str) and key not in repr(session)
     assert openai_server.requests[0].headers["authorization"] == f"Bearer {key}"

@@ -27,6 +27,7 @@ from anyword.diffusion.prompt_learning import (
     learn_embeddings,
 )
 from anyword.images import ImageFrame, image_digest
+from anyword.seeds import MAX_SEED
 from anyword.tokens import TokenAlignment
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class DiffusionSettings:
     attention_timesteps: tuple[int, int] | None = None
     resize: str = "stretch"
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed}")
 
     @classmethod
     def fast(cls, **overrides) -> DiffusionSettings:

@@ -13,6 +13,7 @@ from anyword.parsing.concepts import (
     check_caption,
     concepts_from_entries,
     find_word,
+    normalize_caption,
 )
 from anyword.parsing.openai_parser import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, OpenAIParser
 from anyword.parsing.spacy_parser import SpacyParser, load_spacy_model
@@ -63,4 +64,5 @@ __all__ = [
     "find_word",
     "load_spacy_model",
     "make_parser",
+    "normalize_caption",
 ]

@@ -266,6 +266,17 @@ _FOREIGN_FUNCTION_WORDS = frozenset(
 _WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
+def normalize_caption(caption: object) -> object:
+    """NFKC-normalise a caption and drop invisible format characters (Unicode category Cf: zero-width spaces and
+    joiners, bidirectional overrides, byte-order marks), which would otherwise split a word into extra tokens
+    ("c\u200bup" is three CLIP tokens) or reorder what a user sees. Non-strings pass through for
+    :func:`check_caption` to refuse."""
+    if not isinstance(caption, str):
+        return caption
+    text = unicodedata.normalize("NFKC", caption)
+    return "".join(char for char in text if unicodedata.category(char) != "Cf")
+
+
 def check_caption(caption: object, settings: ParseSettings = ParseSettings()) -> str:
     """Return the caption if a parser can work on it, else raise a :class:`CaptionError` saying why.
 
