@@ -401,3 +401,22 @@ def test_invisible_format_characters_are_removed_from_captions(nlp):
     assert normalize_caption("ﬁve ｃｕｐｓ") == "five cups"  # NFKC: ligatures and full-width letters
     result = SpacyParser(nlp=nlp).parse("a red c\u200bup")
     assert result.caption == "a red cup" and [c.noun for c in result.concepts] == ["cup"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "space", "public"),
+    [([], False, False), (["--host", "0.0.0.0"], False, True), (["--share"], False, True), ([], True, True)],
+)
+def test_public_servers_hide_the_base_url_field_unless_the_operator_opts_in(argv, space, public, monkeypatch):
+    import gradio as gr
+
+    from demo.app import is_public, parse_args
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    if space:
+        monkeypatch.setenv("SPACE_ID", "someone/segment-anyword")
+    assert is_public(parse_args(argv)) is public
+    for allowed in (not public, True):
+        demo = build_demo(DemoConfig(preset="tiny", check_availability=False, visitor_llm_urls=allowed))
+        field = next(b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.label.startswith("Base URL"))
+        assert field.visible is allowed
