@@ -33,12 +33,13 @@ class ExportStore:
         return secrets.token_hex(12)
 
     def write(self, owner: str, name: str, data: bytes) -> Path:
-        """Write ``data`` as ``name`` in ``owner``'s folder, replacing what that folder held."""
+        """Write ``data`` as ``name`` in ``owner``'s folder, replacing what that folder held. Each export gets a
+        new sub-folder, so its URL differs from the previous one (a browser never shows a cached older zip)."""
         folder = self._folder(owner)
         with self._lock:
             shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            path = folder / Path(name).name
+            path = folder / secrets.token_hex(4) / Path(name).name
+            path.parent.mkdir(parents=True)
             path.write_bytes(data)
             self._evict(keep=folder)
         return path
@@ -50,7 +51,7 @@ class ExportStore:
                 shutil.rmtree(self._folder(owner), ignore_errors=True)
 
     def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.root.glob("*/*") if f.is_file())
+        return sum(_size(folder) for folder in self.root.iterdir() if folder.is_dir())
 
     def owners(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
@@ -66,6 +67,10 @@ class ExportStore:
         for folder in folders:
             if total <= self.max_bytes:
                 break
-            total -= sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            total -= _size(folder)
             shutil.rmtree(folder, ignore_errors=True)
             logger.info("export store over %d bytes: removed an older session's download", self.max_bytes)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -241,6 +241,7 @@ def test_exports_are_one_file_per_session_and_go_when_it_ends(tmp_path):
     first = store.write("aaa", "one.zip", b"x" * 3000)
     second = store.write("aaa", "two.zip", b"y" * 3000)
     assert not first.exists() and second.read_bytes() == b"y" * 3000 and store.owners() == ["aaa"]
+    assert second.parent != first.parent  # a new URL for each export
     store.write("bbb", "b.zip", b"z" * 3000)
     store.write("ccc", "c.zip", b"z" * 3000)
     os.utime(store.root / "aaa", (1, 1))  # the oldest session
@@ -261,8 +262,8 @@ def test_the_page_deletes_a_sessions_state_and_download_when_it_ends(tmp_path, m
     assert state.time_to_live == 90 and demo.delete_cache == (90, 90)
     store_root = tmp_path / "gradio" / "anyword-exports"
     assert store_root.is_dir()  # inside Gradio's cache: served in place, never copied
-    (store_root / "abc123").mkdir()
-    (store_root / "abc123" / "result.zip").write_bytes(b"zip")
+    (store_root / "abc123" / "1f2e").mkdir(parents=True)
+    (store_root / "abc123" / "1f2e" / "result.zip").write_bytes(b"zip")
     state.delete_callback(Session(export_owner="abc123"))
     assert not (store_root / "abc123").exists()
 
