@@ -400,8 +400,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- entry point ---------------------------------------------------------------------------------------------
 
 
-def _number(kind: type, low: float | None = None, high: float | None = None, inclusive: bool = True):
-    """An argparse type: a number of ``kind`` within ``[low, high]`` (open bounds when not ``inclusive``)."""
+def _number(
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    inclusive: bool = True,
+    low_inclusive: bool | None = None,
+):
+    """An argparse type: a number of ``kind`` within ``[low, high]`` (open bounds when not ``inclusive``;
+    ``low_inclusive`` overrides it for the lower bound alone, e.g. ``(0, 600]``)."""
+    low_closed = inclusive if low_inclusive is None else low_inclusive
 
     def convert(text: str):
         try:
@@ -412,13 +420,16 @@ def _number(kind: type, low: float | None = None, high: float | None = None, inc
             ) from None
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        below = low is not None and (value < low if inclusive else value <= low)
+        below = low is not None and (value < low if low_closed else value <= low)
         above = high is not None and (value > high if inclusive else value >= high)
         if below or above:
-            if high is not None:
-                bounds = f"between {low} and {high}" + ("" if inclusive else " (exclusive)")
+            if high is None:
+                bounds = f"at least {low}" if low_closed else f"greater than {low}"
+            elif low_closed != inclusive:
+                lower = f"{'at least' if low_closed else 'greater than'} {low}"
+                bounds = f"{lower} and {'at most' if inclusive else 'less than'} {high}"
             else:
-                bounds = f"at least {low}" if inclusive else f"greater than {low}"
+                bounds = f"between {low} and {high}" + ("" if inclusive else " (exclusive)")
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
@@ -430,7 +441,7 @@ _non_negative_int = _number(int, 0)
 _fraction = _number(float, 0.0, 1.0, inclusive=False)
 _positive_float = _number(float, 0.0, inclusive=False)
 _seed = _number(int, 0, MAX_SEED)
-_timeout = _number(float, 0.0, MAX_TIMEOUT_S + 1e-9, inclusive=False)
+_timeout = _number(float, 0.0, MAX_TIMEOUT_S, low_inclusive=False)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

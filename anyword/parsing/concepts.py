@@ -266,19 +266,18 @@ _FOREIGN_FUNCTION_WORDS = frozenset(
 _WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
-def normalize_caption(caption: object) -> object:
+def normalize_caption(caption: str) -> str:
     """NFKC-normalise a caption and drop invisible format characters (Unicode category Cf: zero-width spaces and
     joiners, bidirectional overrides, byte-order marks), which would otherwise split a word into extra tokens
-    ("c\u200bup" is three CLIP tokens) or reorder what a user sees. Non-strings pass through for
-    :func:`check_caption` to refuse."""
-    if not isinstance(caption, str):
-        return caption
+    ("c\u200bup" is three CLIP tokens) or reorder what a user sees. Every parser applies it through
+    :func:`check_caption`."""
     text = unicodedata.normalize("NFKC", caption)
     return "".join(char for char in text if unicodedata.category(char) != "Cf")
 
 
 def check_caption(caption: object, settings: ParseSettings = ParseSettings()) -> str:
-    """Return the caption if a parser can work on it, else raise a :class:`CaptionError` saying why.
+    """Return the caption, normalised by :func:`normalize_caption`, if a parser can work on it, else raise a
+    :class:`CaptionError` saying why.
 
     Refuses: non-strings, empty or whitespace-only text, text longer than ``settings.max_caption_chars``, binary or
     control characters (including undecodable command-line bytes), text without letters (emoji, digits), and text
@@ -286,6 +285,7 @@ def check_caption(caption: object, settings: ParseSettings = ParseSettings()) ->
     """
     if not isinstance(caption, str):
         raise CaptionError(f"the caption must be text, not {type(caption).__name__}")
+    caption = normalize_caption(caption)
     if not caption.strip():
         raise CaptionError("the caption is empty: describe what is in the image, e.g. 'a brown dog on a red sofa'")
     if len(caption) > settings.max_caption_chars:

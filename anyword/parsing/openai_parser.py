@@ -23,7 +23,6 @@ from anyword.parsing.concepts import (
     check_caption,
     concepts_from_entries,
     find_word,
-    normalize_caption,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class OpenAIParser:
         return f"OpenAIParser(model={self.model!r}, base_url={self.base_url!r}, timeout_s={self.timeout_s})"
 
     def parse(self, caption: str) -> ParseResult:
-        caption = check_caption(normalize_caption(caption), self.settings)
+        caption = check_caption(caption, self.settings)
         try:
             return self._parse_with_llm(caption)
         except LLMParseError as error:

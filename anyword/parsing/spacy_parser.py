@@ -24,7 +24,6 @@ from anyword.parsing.concepts import (
     ParseSettings,
     Span,
     check_caption,
-    normalize_caption,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ class SpacyParser:
         return self._nlp
 
     def parse(self, caption: str) -> ParseResult:
-        caption = check_caption(normalize_caption(caption), self.settings)
+        caption = check_caption(caption, self.settings)
         doc = self.nlp(caption)
         candidates = [c for c in (self._candidate(t) for t in doc) if c is not None]
         if not candidates:
