@@ -64,7 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=float(env("ANYWORD_SESSION_TTL", "3600")),
         help="seconds after its last action that a session's state and download are deleted (default 3600)",
     )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(env("ANYWORD_MAX_SESSIONS", "1000")),
+        help="sessions whose state the server keeps; past it the least recently used is dropped (default 1000)",
+    )
     args = parser.parse_args(argv)
+    if args.max_sessions < 1:
+        parser.error(f"--max-sessions must be at least 1, got {args.max_sessions}")
     if not (args.session_ttl > 0 and math.isfinite(args.session_ttl)):
         parser.error(f"--session-ttl must be a positive number of seconds, got {args.session_ttl}")
     return args
@@ -106,4 +114,6 @@ def main(argv=None) -> None:
         css=CSS,
         max_file_size=args.max_file_size,
         show_error=False,
+        # Gradio keeps a copy of the page's config per session until this many (its default: 10,000).
+        state_session_capacity=args.max_sessions,
     )

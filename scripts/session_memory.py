@@ -32,8 +32,10 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=25)
     parser.add_argument("--ttl", type=float, default=60.0, help="session TTL given to the demo (seconds)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-sessions", type=int, default=None, help="the demo's --max-sessions (default: its own)")
     args = parser.parse_args()
-    process, url, _ = start_demo("--preset", "tiny", "--session-ttl", str(args.ttl))
+    limit = [] if args.max_sessions is None else ["--max-sessions", str(args.max_sessions)]
+    process, url, _ = start_demo("--preset", "tiny", "--session-ttl", str(args.ttl), *limit)
     server = psutil.Process(process.pid)
     image = handle_file(str(ROOT / "assets" / "coffee.png"))
     try:
@@ -44,7 +46,13 @@ def main() -> None:
         process.wait(30)
     print(
         json.dumps(
-            {"sessions_per_round": args.sessions, "ttl_s": args.ttl, "threads": os.cpu_count(), "rounds": rounds}
+            {
+                "sessions_per_round": args.sessions,
+                "max_sessions": args.max_sessions,
+                "ttl_s": args.ttl,
+                "threads": os.cpu_count(),
+                "rounds": rounds,
+            }
         )
     )
 

@@ -423,3 +423,18 @@ def test_public_servers_hide_the_base_url_field_unless_the_operator_opts_in(argv
         demo = build_demo(DemoConfig(preset="tiny", check_availability=False, visitor_llm_urls=allowed))
         field = next(b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.label.startswith("Base URL"))
         assert field.visible is allowed
+
+
+def test_the_server_keeps_at_most_max_sessions(monkeypatch, tmp_path):
+    import gradio as gr
+
+    from demo import app
+
+    launched = {}
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    app.main(["--preset", "tiny", "--max-sessions", "50"])
+    assert launched["state_session_capacity"] == 50  # Gradio drops the least recently used session past it
+    assert app.parse_args([]).max_sessions == 1000
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-sessions", "0"])
