@@ -2,7 +2,8 @@
 
 The pipeline follows the data: ``parsing`` (caption -> concepts), ``tokens`` (words -> CLIP token positions),
 ``diffusion`` (inversion, prompt learning, averaged cross-attention), ``prompts`` (maps -> points with R1/R2),
-``segment`` (SAM, plain, GrabCut), ``pipeline`` (``SegmentAnyword``: all of it, cached), ``export``.
+``segment`` (SAM, SAM 2.1, HQ-SAM, plain, GrabCut), ``pipeline`` (``SegmentAnyword``: all of it, cached),
+``export``. ``presets`` names every model setup once; ``settings`` applies overrides to a preset's settings.
 
 ``from anyword import SegmentAnyword`` works; heavy modules (torch, diffusers) load on first use, not on import.
 """
@@ -11,7 +12,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "SegmentAnyword": "anyword.pipeline",
-    "PipelineSettings": "anyword.pipeline",
+    "Analysis": "anyword.pipeline",
+    "PipelineSettings": "anyword.settings",
+    "Overrides": "anyword.settings",
+    "PRESETS": "anyword.presets",
     "SegmentationResult": "anyword.pipeline",
     "AnywordError": "anyword.errors",
 }

@@ -52,15 +52,15 @@ def run_benchmark(
         ddim_denoise,
         ddim_invert,
         learn_embeddings,
-        load_backbone,
         make_schedule,
         record_cross_attention,
     )
     from anyword.images import ImageFrame
+    from anyword.presets import get_preset
     from anyword.tokens import align_tokens
 
     started = time.perf_counter()
-    backbone = load_backbone(preset, device=device, dtype=dtype, seed=seed)
+    backbone = get_preset(preset).load(device=device, dtype=dtype, seed=seed)
     torch_device = backbone.device
     _synchronize(torch_device)
     load_s = time.perf_counter() - started
@@ -180,4 +180,50 @@ def run_edit_benchmark(
         "resegment_speedup": first_s / edit_s,
         "unet_calls_first_run": first.attention.unet_calls,
         "unet_calls_during_edits": pipeline.counters["unet_calls"] - first.attention.unet_calls,
+    }
+
+
+def run_segmenter_benchmark(
+    preset: str = "tiny", device: str | None = None, repeats: int = 5, seed: int = 0, image_size=(768, 1024)
+) -> dict:
+    """Image-encoder (once per image) and mask-decoder (every point edit) time of every registered promptable
+    segmenter, with the weights the preset gives them (toy size for ``tiny``, full size for ``sd15-random``)."""
+    from anyword.presets import get_preset
+    from anyword.segment import SEGMENTERS, MaskRequest
+
+    weights = get_preset(preset).segmenter_weights
+    height, width = image_size
+    image = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    request = MaskRequest(
+        points=np.array([[width * 0.5, height * 0.4], [width * 0.1, height * 0.1]], dtype=np.float32),
+        labels=np.array([1, 0], dtype=np.int32),
+        heatmap=np.zeros((height, width), np.float32),
+    )
+    rows = {}
+    for name, spec in SEGMENTERS.items():
+        if not spec.models:
+            continue  # plain and GrabCut have no encoder to time
+        segmenter = spec.load(weights=weights, device=device, seed=seed)
+        network = getattr(segmenter, "sam", None) or segmenter.model
+        segmenter.segment(segmenter.embed(image), request)  # warm-up
+        embeds, decodes = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            embedding = segmenter.embed(image)
+            embeds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            segmenter.segment(embedding, request)
+            decodes.append(time.perf_counter() - started)
+        rows[name] = {
+            "model": segmenter.name,
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "embed_s": statistics.median(embeds),
+            "decode_s": statistics.median(decodes),
+        }
+    return {
+        "segmenter_benchmark_preset": preset,
+        "segmenter_weights": weights,
+        "image": f"{width}x{height}",
+        "torch_threads": torch.get_num_threads(),
+        "segmenters": rows,
     }

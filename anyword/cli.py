@@ -1,4 +1,4 @@
-"""Command line: ``anyword parse | segment | bench | eval``.
+"""Command line: ``anyword parse | segment | presets | bench | eval``.
 
 Errors the user can fix (:class:`~anyword.errors.AnywordError`) print one ``error: ...`` line to stderr and exit
 with status 2; anything else is a bug and exits with status 1 (``--debug`` shows its traceback).
@@ -20,12 +20,13 @@ from pathlib import Path
 from anyword.errors import AnywordError
 from anyword.parsing.openai_parser import MAX_TIMEOUT_S
 from anyword.seeds import MAX_SEED
+from anyword.segment import SEGMENTERS
+from anyword.steps import SHORT_LEARNING_STEPS
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader closed the pipe
 BATCH_MARKER = "summary.json"  # what makes a folder an earlier batch's output
 BATCH_LINE_FOLDER = re.compile(r"\d{4,}_[A-Za-z0-9._-]*")
-PRESET_NAMES = ("sd15", "sd14", "sd15-random", "tiny", "shapes")
 
 logger = logging.getLogger("anyword")
 
@@ -124,15 +125,16 @@ def _print_parse(data: dict) -> None:
 
 def _make_pipeline(args: argparse.Namespace):
     from anyword.pipeline import SegmentAnyword
+    from anyword.presets import DEFAULT_PRESET
 
     parser = _make_parser(args)
     return SegmentAnyword(
-        args.preset,
+        args.preset or DEFAULT_PRESET,
         segmenter=args.segmenter,
         parser=parser,
         model=args.model,
-        sam_model=args.sam_model,
-        sam_checkpoint=args.sam_checkpoint,
+        segmenter_model=args.segmenter_model,
+        segmenter_checkpoint=args.segmenter_checkpoint,
         device=args.device,
         dtype=args.dtype,
         progress=not args.quiet,
@@ -140,37 +142,40 @@ def _make_pipeline(args: argparse.Namespace):
     )
 
 
-def _run_settings(pipeline, args: argparse.Namespace):
-    """The preset's settings with the command line's overrides."""
-    import dataclasses
+def _overrides(args: argparse.Namespace):
+    """The command line's changes to the preset's settings."""
+    from anyword.settings import Overrides
 
-    settings = pipeline.settings
-    diffusion, prompts = settings.diffusion, settings.prompts
-    learning = diffusion.learning
-    if args.fast:
-        learning = dataclasses.replace(learning, steps=50)
-    if args.steps is not None:
-        learning = dataclasses.replace(learning, steps=args.steps)
-    diffusion_changes = {"learning": learning}
-    if args.inversion_steps is not None:
-        diffusion_changes["inversion_steps"] = args.inversion_steps
-    if args.attention_res:
-        diffusion_changes["attention_resolutions"] = tuple(args.attention_res)
-    if args.resize:
-        diffusion_changes["resize"] = args.resize
-    prompt_changes = {"r1": not args.no_r1 and prompts.r1, "r2": not args.no_r2 and prompts.r2}
-    if args.threshold is not None:
-        prompt_changes["threshold"] = args.threshold
-    if args.points is not None:
-        prompt_changes["noun_points"] = args.points
-    if args.sampling:
-        prompt_changes["sampling"] = args.sampling
-    settings = dataclasses.replace(
-        settings,
-        diffusion=dataclasses.replace(diffusion, **diffusion_changes),
-        prompts=dataclasses.replace(prompts, **prompt_changes),
+    return Overrides(
+        quality="50-steps" if getattr(args, "fast", False) else None,
+        learning_steps=args.steps,
+        learning_rate=getattr(args, "learning_rate", None),
+        inversion_steps=args.inversion_steps,
+        attention_resolutions=tuple(args.attention_res) if getattr(args, "attention_res", None) else None,
+        resize=getattr(args, "resize", None),
+        seed=getattr(args, "seed", None),
+        threshold=getattr(args, "threshold", None),
+        r1=False if getattr(args, "no_r1", False) else None,
+        r2=False if getattr(args, "no_r2", False) else None,
+        noun_points=getattr(args, "points", None),
+        sampling=getattr(args, "sampling", None),
     )
-    return settings.with_seed(args.seed) if args.seed is not None else settings
+
+
+def _run_settings(pipeline, args: argparse.Namespace):
+    """The pipeline's (its preset's) settings with the command line's overrides."""
+    from anyword.settings import apply_overrides
+
+    return apply_overrides(pipeline.settings, _overrides(args))
+
+
+def _warn_cost(pipeline, settings, args: argparse.Namespace) -> None:
+    """Say before a long CPU run what it will cost (measured figures from the preset registry)."""
+    steps = settings.diffusion.learning.steps
+    cost = pipeline.preset.cost_warning(steps, args.device)
+    if cost is not None and not args.quiet:
+        hint = f"; --fast runs {SHORT_LEARNING_STEPS} steps" if steps > SHORT_LEARNING_STEPS else ""
+        print(f"warning: {pipeline.preset.name}: {cost}{hint}", file=sys.stderr)
 
 
 def _segment_one(pipeline, settings, image_path: str, caption: str, out_dir: Path):
@@ -197,6 +202,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)
     pipeline = _make_pipeline(args)
     settings = _run_settings(pipeline, args)
+    _warn_cost(pipeline, settings, args)
     result = _segment_one(pipeline, settings, args.image, args.caption, out)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -232,6 +238,7 @@ def _segment_batch(args: argparse.Namespace) -> int:
         raise AnywordError(f"{batch} has no lines to run")
     pipeline = _make_pipeline(args)
     settings = _run_settings(pipeline, args)
+    _warn_cost(pipeline, settings, args)
     _clear_earlier_batch(out)
     done, failed = [], []
     for number, line in tqdm(jobs, desc="batch", unit="image", disable=args.quiet):
@@ -294,12 +301,41 @@ def _clear_earlier_batch(out: Path) -> None:
             shutil.rmtree(entry)
 
 
+# --- presets -------------------------------------------------------------------------------------------------
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from anyword.presets import PRESETS
+
+    rows = [preset.to_dict() for preset in PRESETS.values()]
+    segmenters = [spec.to_dict() for spec in SEGMENTERS.values()]
+    if args.json:
+        print(json.dumps({"presets": rows, "segmenters": segmenters}, ensure_ascii=False))
+        return EXIT_OK
+    for row in rows:
+        weights = row["weights"]["backbone"]
+        state = "available" if row["available"] else "NOT AVAILABLE"
+        random = ", random weights" if row["random_weights"] else ""
+        print(f"{row['name']:12s} {state} ({weights['state']}{random}) - {row['description']}")
+        print(f"{'':12s} backbone {row['backbone']}; segmenter {row['segmenter']}; {row['learning_steps']} steps")
+        where = weights["reason"] or weights["where"]
+        segmenter = row["weights"]["segmenter"]
+        if where:
+            print(f"{'':12s} weights: {where}")
+        if not segmenter["ready"]:
+            print(f"{'':12s} segmenter: {segmenter['reason']}")
+    print("segmenters: " + ", ".join(spec["name"] for spec in segmenters))
+    return EXIT_OK
+
+
 # --- bench ---------------------------------------------------------------------------------------------------
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from anyword.bench import run_benchmark
+    from anyword.presets import TEST_PRESET
 
+    args.preset = args.preset or TEST_PRESET
     result = run_benchmark(
         preset=args.preset,
         device=args.device,
@@ -309,6 +345,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
     )
+    if args.segmenters:
+        from anyword.bench import run_segmenter_benchmark
+
+        result.update(run_segmenter_benchmark(args.preset, device=args.device, seed=args.seed))
     if args.edit:
         from anyword.bench import run_edit_benchmark
 
@@ -325,10 +365,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from anyword.shapes.evaluate import ABLATION, evaluate, localization
+    from anyword.shapes.evaluate import ABLATION, SHAPES_PRESET, evaluate, localization
 
     if args.dataset != "shapes":
         raise AnywordError(f"unknown dataset {args.dataset!r}: only 'shapes' ships with the package")
+
     if args.localization:
         ignored = [
             flag
@@ -344,13 +385,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise AnywordError(
                 f"{', '.join(ignored)} cannot be combined with --localization (no segmentation, no learning)"
             )
-        from anyword.diffusion import load_backbone
-        from anyword.shapes.model import SHAPES_DEFAULTS
+        from anyword.presets import get_preset
 
-        backbone = load_backbone("shapes", device=args.device)
+        preset = get_preset(SHAPES_PRESET)
+        backbone = preset.load(device=args.device)
+        diffusion = preset.settings().diffusion
         settings = {
             "paper": ((16,), None),
-            "preset": (SHAPES_DEFAULTS["attention_resolutions"], SHAPES_DEFAULTS["attention_timesteps"]),
+            "preset": (diffusion.attention_resolutions, diffusion.attention_timesteps),
         }
         result = {
             "dataset": "shapes",
@@ -368,18 +410,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             },
         }
     else:
-        import dataclasses
-
         from anyword.pipeline import SegmentAnyword
 
-        pipeline = SegmentAnyword("shapes", segmenter="grabcut", device=args.device)
-        diffusion = pipeline.settings.diffusion
-        learning_changes = {"steps": args.steps, "learning_rate": args.learning_rate}
-        learning_changes = {name: value for name, value in learning_changes.items() if value is not None}
-        diffusion = dataclasses.replace(diffusion, learning=dataclasses.replace(diffusion.learning, **learning_changes))
-        if args.inversion_steps is not None:
-            diffusion = dataclasses.replace(diffusion, inversion_steps=args.inversion_steps)
-        pipeline.settings = dataclasses.replace(pipeline.settings, diffusion=diffusion)
+        pipeline = SegmentAnyword(SHAPES_PRESET, segmenter=args.segmenter, device=args.device)
+        pipeline.settings = _run_settings(pipeline, args)
         variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
         result = evaluate(
             args.split,
@@ -444,6 +478,31 @@ _seed = _number(int, 0, MAX_SEED)
 _timeout = _number(float, 0.0, MAX_TIMEOUT_S, low_inclusive=False)
 
 
+def _preset(name: str) -> str:
+    """An argparse type: a name from the preset registry (read only when a command takes a preset)."""
+    from anyword.presets import PRESETS
+
+    if name not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return name
+
+
+def _segmenter_options(group) -> None:
+    group.add_argument(
+        "--segmenter",
+        default=None,
+        choices=list(SEGMENTERS),
+        help="mask generator (default: the preset's; see `anyword presets`)",
+    )
+    group.add_argument(
+        "--segmenter-model",
+        "--sam-model",
+        default=None,
+        help="segmenter size: vit_h (default), vit_l, vit_b for sam and sam-hq; large (default), base-plus, small, "
+        "tiny for sam2",
+    )
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anyword",
@@ -466,23 +525,29 @@ def build_argument_parser() -> argparse.ArgumentParser:
     segment.add_argument("--json", action="store_true", help="print result.json (or the batch summary) to stdout")
     segment.add_argument("--quiet", action="store_true", help="no progress bars")
     models = segment.add_argument_group("models")
-    models.add_argument("--preset", default="sd15", choices=PRESET_NAMES, help="diffusion backbone (default sd15)")
-    models.add_argument("--model", default=None, help="hub id or local diffusers folder overriding the preset")
     models.add_argument(
-        "--segmenter",
-        default=None,
-        choices=("sam", "plain", "grabcut"),
-        help="mask generator (default: SAM; grabcut for --preset shapes)",
+        "--preset", default=None, type=_preset, help="model setup (default sd15); `anyword presets` lists them"
     )
-    models.add_argument("--sam-model", default=None, help="vit_h (default), vit_l, vit_b; tiny with --preset tiny")
-    models.add_argument("--sam-checkpoint", default=None, help="local SAM checkpoint instead of the download")
+    models.add_argument("--model", default=None, help="hub id or local diffusers folder overriding the preset")
+    _segmenter_options(models)
+    models.add_argument(
+        "--segmenter-checkpoint",
+        "--sam-checkpoint",
+        default=None,
+        help="local weights instead of the download (SAM: .pth file; sam2, sam-hq: a hub-layout folder)",
+    )
     models.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     models.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
     method = segment.add_argument_group("method")
     method.add_argument(
         "--steps", type=_non_negative_int, default=None, help="prompt-learning steps (paper: 1100; 0 disables)"
     )
-    method.add_argument("--fast", action="store_true", help="50 prompt-learning steps (the paper's fast variant)")
+    method.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"{SHORT_LEARNING_STEPS} prompt-learning steps with the frozen text encoder (the paper's fast variant "
+        "also LoRA-tunes the text encoder)",
+    )
     method.add_argument("--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
     method.add_argument(
         "--attention-res", type=_positive_int, nargs="+", default=None, help="attention grids to average (default 16)"
@@ -526,13 +591,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)"
     )
+    _segmenter_options(evaluation)
     evaluation.add_argument("--device", default=None)
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.add_argument("--json", action="store_true", help="print exactly one JSON object")
     evaluation.set_defaults(handler=cmd_eval)
 
     bench = commands.add_parser("bench", help="time and memory of inversion, denoising, attention, prompt learning")
-    bench.add_argument("--preset", default="tiny", choices=PRESET_NAMES, help="default: tiny")
+    bench.add_argument("--preset", default=None, type=_preset, help="model setup (default tiny)")
     bench.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     bench.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
     bench.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps per timed phase (default 50)")
@@ -542,8 +608,19 @@ def build_argument_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--edit", action="store_true", help="also time a full pipeline run against re-segmenting after a point edit"
     )
+    bench.add_argument(
+        "--segmenters",
+        action="store_true",
+        help="also time each promptable segmenter's image encoder and mask decoder (sizes as the preset gives)",
+    )
     bench.add_argument("--json", action="store_true", help="print exactly one JSON object")
     bench.set_defaults(handler=cmd_bench)
+
+    presets = commands.add_parser(
+        "presets", help="the model setups, their segmenters and whether their weights are here"
+    )
+    presets.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    presets.set_defaults(handler=cmd_presets)
     return parser
 
 

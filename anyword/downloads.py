@@ -36,6 +36,66 @@ class Checkpoint:
     subfolder: str = ""
 
 
+@dataclass(frozen=True)
+class Availability:
+    """Whether a model's weights can be used here now.
+
+    ``state``: "shipped" (inside the package), "random" (built from a config: nothing to fetch), "local" (a folder
+    the user named), "cached", "downloadable" (not here, the host answers) or "missing"; ``where``: the folder
+    they are in or would go to; ``reason``: why they are missing and how to get them.
+    """
+
+    state: str
+    where: str = ""
+    reason: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state != "missing"
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "ready": self.ready, "where": self.where, "reason": self.reason}
+
+
+def checkpoint_availability(checkpoint: Checkpoint, root: Path | None = None) -> Availability:
+    """Where ``checkpoint`` is (or would be downloaded to), and whether it can be had now."""
+    folder = (root or cache_dir()) / checkpoint.subfolder
+    if (folder / checkpoint.filename).is_file():
+        return Availability("cached", str(folder / checkpoint.filename))
+    reason = unavailable_reason(checkpoint, root)
+    return Availability("missing" if reason else "downloadable", str(folder), reason)
+
+
+def hub_availability(repo: str, cached_folder: Path | str | None, what: str) -> Availability:
+    """Availability of Hugging Face repo ``repo`` whose usable snapshot in the cache is ``cached_folder`` (``None``:
+    not cached). ``what`` names the weights in messages ("SAM 2.1 weights")."""
+    from huggingface_hub import constants
+
+    if cached_folder is not None:
+        return Availability("cached", str(cached_folder))
+    reason = hub_download_blocker(repo, what)
+    return Availability("missing" if reason else "downloadable", constants.HF_HUB_CACHE, reason)
+
+
+def hub_download_blocker(repo: str, what: str) -> str | None:
+    """Why ``repo``, not in the Hugging Face cache, cannot be downloaded now (offline mode, hub unreachable)."""
+    from huggingface_hub import constants
+
+    get = (
+        f"To get them, run `hf download {repo}` on a machine with network (or copy its Hugging Face cache folder here)."
+    )
+    if constants.HF_HUB_OFFLINE or offline():
+        return (
+            f"{what} '{repo}' are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and downloads are off. {get}"
+        )
+    if not reachable(constants.ENDPOINT):
+        return (
+            f"{what} '{repo}' are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"{constants.ENDPOINT} cannot be reached (offline?). {get}"
+        )
+    return None
+
+
 def cache_dir() -> Path:
     if os.environ.get("ANYWORD_CACHE"):
         return Path(os.environ["ANYWORD_CACHE"]).expanduser()

@@ -1,9 +1,11 @@
 """``SegmentAnyword``: caption parsing -> token alignment -> diffusion attention -> point prompts -> masks.
 
-Expensive results are cached by content: attention by (image, caption, concept tokens, model, diffusion
-settings); the segmenter's image embedding by (image, segmenter). Editing points or prompt settings re-runs only
-prompt sampling and mask decoding; a new caption or image recomputes what depends on it. Models load lazily, once
-per pipeline object (no module globals).
+Attention, the expensive part, is cached by content (image, caption, concept tokens, model, diffusion settings)
+in a small LRU per pipeline. Everything a point edit needs for one image (attention, the segmenter's image
+embedding, the sampled points) is an :class:`Analysis` the caller keeps (the demo keeps it per session), so an
+edit only samples or decodes, whatever else the pipeline has computed since. Models load lazily, once per
+pipeline object (no module globals). Which models and settings a preset name means is read from
+:mod:`anyword.presets`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,12 @@ import numpy as np
 
 from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
 from anyword.diffusion.extract import learned_embeddings_key
-from anyword.diffusion.presets import PRESETS, load_backbone
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
+from anyword.presets import DEFAULT_PRESET, PRESETS, custom_preset, get_preset
 from anyword.prompts import PromptSet, PromptSettings, make_prompts
-from anyword.segment import MaskRequest, Segmenter, make_segmenter
+from anyword.segment import MaskRequest, Segmenter, segmenter_spec
+from anyword.settings import Overrides, PipelineSettings, apply_overrides
 from anyword.tokens import TokenAlignment, align_tokens
 
 logger = logging.getLogger(__name__)
@@ -35,76 +38,33 @@ RANDOM_WEIGHTS_WARNING = "random weights: the maps and masks carry no meaning (u
 
 
 @dataclass(frozen=True)
-class PipelineSettings:
-    """All settings of a run; defaults are the paper's (see each stage's settings)."""
+class Analysis:
+    """What one image and parse produced before any point edit: the attention, the segmenter's image embedding
+    (made once), and the points as sampled. Kept by the caller (e.g. per demo session) and passed back to
+    :meth:`SegmentAnyword.run` so an edit never re-runs the diffusion model or the image encoder.
 
-    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
-    prompts: PromptSettings = field(default_factory=PromptSettings)
-    parse: ParseSettings = field(default_factory=ParseSettings)
+    ``image_size`` is ``(width, height)``; ``digest`` the image's :func:`~anyword.images.image_digest`.
+    """
 
-    def with_seed(self, seed: int) -> PipelineSettings:
-        return dataclasses.replace(
-            self,
-            diffusion=dataclasses.replace(self.diffusion, seed=seed),
-            prompts=dataclasses.replace(self.prompts, seed=seed),
-        )
+    digest: str
+    image_size: tuple[int, int]
+    parse: ParseResult
+    attention: AttentionResult
+    segmenter: str
+    embedding: Any
+    sampled: PromptSet
+    attention_cached: bool = False
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["parse"] = {"predicates": self.parse.predicates, "max_caption_chars": self.parse.max_caption_chars}
-        return data
-
-
-def apply_defaults(settings: PipelineSettings, defaults: Mapping[str, Any]) -> PipelineSettings:
-    """Apply a preset's recommended settings (``learning_steps``, ``learning_batch``, ``learning_timesteps``,
-    ``inversion_steps``, ``attention_resolutions``, ``attention_timesteps``, ``threshold``, ``adjective_region``) on
-    top of ``settings``."""
-    diffusion, prompts = settings.diffusion, settings.prompts
-    learning = diffusion.learning
-    if "learning_steps" in defaults:
-        learning = dataclasses.replace(learning, steps=defaults["learning_steps"])
-    if "learning_timesteps" in defaults:
-        timesteps = defaults["learning_timesteps"]
-        learning = dataclasses.replace(learning, timestep_range=None if timesteps is None else tuple(timesteps))
-    if "learning_batch" in defaults:
-        learning = dataclasses.replace(learning, batch_size=defaults["learning_batch"])
-    changes = {"learning": learning}
-    for key in ("inversion_steps", "attention_resolutions", "attention_timesteps"):
-        if key in defaults:
-            value = defaults[key]
-            changes[key] = tuple(value) if isinstance(value, list) else value
-    diffusion = dataclasses.replace(diffusion, **changes)
-    for key in ("threshold", "adjective_region"):
-        if key in defaults:
-            prompts = dataclasses.replace(prompts, **{key: defaults[key]})
-    return dataclasses.replace(settings, diffusion=diffusion, prompts=prompts)
-
-
-def preset_defaults(preset: str) -> dict:
-    if preset in PRESETS:
-        return dict(PRESETS[preset].defaults)
-    if preset == "shapes":
-        from anyword.shapes.model import SHAPES_DEFAULTS
-
-        return dict(SHAPES_DEFAULTS)
-    return {}
-
-
-def default_segmenter(preset: str) -> tuple[str, str]:
-    """(segmenter, SAM model) a preset runs with unless told otherwise."""
-    if preset == "tiny":
-        return "sam", "tiny"
-    if preset == "sd15-random":
-        return "sam", "vit_h-random"
-    if preset == "shapes":
-        return "grabcut", "tiny"
-    return "sam", "vit_h"
+    def matches(self, image: np.ndarray, parse: ParseResult) -> bool:
+        return self.parse.caption == parse.caption and self.image_size == (image.shape[1], image.shape[0])
 
 
 @dataclass
 class SegmentationResult:
     """Everything one run produced. Masks are bool ``(H, W)`` at the original image size; points are in
-    original-image pixels."""
+    original-image pixels. Its :attr:`settings` are read from the parts themselves (the attention's diffusion
+    settings, the points' prompt settings), so they are always the ones that produced them."""
 
     image_size: tuple[int, int]
     parse: ParseResult
@@ -115,9 +75,32 @@ class SegmentationResult:
     scores: dict[int, float]
     timings: dict[str, float]
     models: dict[str, Any]
-    settings: PipelineSettings
     warnings: list[str]
     attention_cached: bool = False
+    parse_settings: ParseSettings = field(default_factory=ParseSettings)
+
+    @classmethod
+    def preview(cls, analysis: Analysis, prompts: PromptSet | None = None) -> SegmentationResult:
+        """The analysis as a result without masks yet (for pictures of maps and points before segmenting)."""
+        return cls(
+            image_size=analysis.image_size,
+            parse=analysis.parse,
+            alignment=analysis.attention.maps.alignment,
+            attention=analysis.attention,
+            prompts=prompts or analysis.sampled,
+            masks={},
+            scores={},
+            timings={},
+            models={},
+            warnings=[],
+            attention_cached=analysis.attention_cached,
+        )
+
+    @property
+    def settings(self) -> PipelineSettings:
+        return PipelineSettings(
+            diffusion=self.attention.settings, prompts=self.prompts.settings, parse=self.parse_settings
+        )
 
     @property
     def concepts(self):
@@ -189,22 +172,21 @@ class _LRU:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def clear(self) -> None:
-        self._items.clear()
-
 
 class SegmentAnyword:
     """The whole method behind one object.
 
     Args:
-        backbone: a :class:`Backbone` or a preset name ("sd15", "sd14", "tiny", "sd15-random", "shapes").
-        segmenter: a :class:`Segmenter` or a name ("sam", "plain", "grabcut"); ``None``: the preset's default.
+        backbone: a :class:`Backbone` or a preset name (a key of :data:`anyword.presets.PRESETS`).
+        segmenter: a :class:`Segmenter` or a name (a key of :data:`anyword.segment.SEGMENTERS`); ``None``: the
+            preset's default.
         parser: a :class:`CaptionParser` or "spacy" / "openai".
-        settings: run settings; ``None`` applies the preset's recommended settings to the paper's defaults.
-        model: hub id or local folder overriding the preset's weights.
-        sam_model: SAM variant ("vit_h", "vit_l", "vit_b", "tiny", or "<variant>-random" for timing).
-        device, dtype: where the diffusion model runs (default: CUDA fp16 if available, else CPU fp32).
-        cache_size: how many images' attention and embeddings to keep.
+        settings: run settings; ``None``: the preset's (see :meth:`Preset.settings`).
+        model: hub id or local folder of a Stable Diffusion v1.x replacing the preset's (set up like ``sd15``).
+        segmenter_model: the segmenter's size ("vit_h", "large", ...); ``None``: its default.
+        segmenter_checkpoint: a local checkpoint (SAM: a ``.pth`` file; transformers backends: a hub-layout folder).
+        device, dtype: where the models run (default: CUDA fp16 if available, else CPU fp32).
+        cache_size: how many attention results to keep (content-keyed, shared by every caller of this object).
         progress: show tqdm progress bars (the demo hooks them).
         embeddings_dir: folder where learned token embeddings are saved, one small file per (image, caption,
             model, settings); a later run with the same key loads them and skips prompt learning.
@@ -212,39 +194,35 @@ class SegmentAnyword:
 
     def __init__(
         self,
-        backbone: Backbone | str = "sd15",
+        backbone: Backbone | str = DEFAULT_PRESET,
         segmenter: Segmenter | str | None = None,
         parser: CaptionParser | str = "spacy",
         settings: PipelineSettings | None = None,
         *,
         model: str | None = None,
-        sam_model: str | None = None,
-        sam_checkpoint: str | None = None,
+        segmenter_model: str | None = None,
+        segmenter_checkpoint: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
         cache_size: int = 4,
         progress: bool = False,
         embeddings_dir: str | Path | None = None,
     ):
-        preset = backbone if isinstance(backbone, str) else backbone.name
-        self.preset = preset
-        self._backbone = backbone if isinstance(backbone, Backbone) else None
-        self._backbone_options = {"preset": preset, "model": model, "device": device, "dtype": dtype}
-        default_name, default_sam = default_segmenter(preset if model is None else "sd15")
-        self._segmenter = segmenter if segmenter is not None and not isinstance(segmenter, str) else None
-        self._segmenter_options = {
-            "name": segmenter if isinstance(segmenter, str) else default_name,
-            "sam_model": sam_model or default_sam,
-            "sam_checkpoint": sam_checkpoint,
-            "device": device,
-        }
         if isinstance(backbone, Backbone):
-            defaults = backbone.defaults
+            self.preset = PRESETS.get(backbone.name) or custom_preset(backbone.name)
         else:
-            defaults = preset_defaults(preset) if model is None else {}
-        base = settings or apply_defaults(PipelineSettings(), defaults)
-        self.settings = base
-        self.parser = parser if not isinstance(parser, str) else make_parser(parser, base.parse)
+            self.preset = custom_preset(model) if model is not None else get_preset(backbone)
+        self._backbone = backbone if isinstance(backbone, Backbone) else None
+        self._device, self._dtype = device, dtype
+        self._segmenters: dict[str, Segmenter] = {}
+        if segmenter is None or isinstance(segmenter, str):
+            self.segmenter_name = segmenter or self.preset.segmenter
+        else:
+            self.segmenter_name = segmenter.name
+            self._segmenters[segmenter.name] = segmenter
+        self._segmenter_options = {"model": segmenter_model, "checkpoint": segmenter_checkpoint}
+        self.settings = settings or self.preset.settings()
+        self.parser = parser if not isinstance(parser, str) else make_parser(parser, self.settings.parse)
         self.progress = progress
         self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else None
         self.counters: Counter[str] = Counter()
@@ -252,7 +230,6 @@ class SegmentAnyword:
         # Attention recording swaps the UNet's processors and prompt learning hooks the text encoder: one at a time.
         self._diffusion_lock = threading.Lock()
         self._attention = _LRU(cache_size)
-        self._embeddings = _LRU(cache_size)
         self._parses = _LRU(64)
 
     # --- models (lazy) --------------------------------------------------------------------------------------
@@ -261,41 +238,45 @@ class SegmentAnyword:
     def backbone(self) -> Backbone:
         with self._lock:
             if self._backbone is None:
-                options = self._backbone_options
-                self._backbone = load_backbone(
-                    options["preset"], model=options["model"], device=options["device"], dtype=options["dtype"]
-                )
+                self._backbone = self.preset.load(device=self._device, dtype=self._dtype)
             return self._backbone
 
     @property
     def segmenter(self) -> Segmenter:
+        """The default segmenter (loaded on first use)."""
+        return self.get_segmenter()
+
+    def get_segmenter(self, name: str | None = None) -> Segmenter:
+        """Segmenter ``name`` (a registry key; ``None``: the default), loaded once with the preset's weights."""
+        name = name or self.segmenter_name
         with self._lock:
-            if self._segmenter is None:
-                options = self._segmenter_options
-                model = options["sam_model"]
-                self._segmenter = make_segmenter(
-                    options["name"],
-                    sam_model=model.removesuffix("-random"),
-                    sam_checkpoint=options["sam_checkpoint"],
-                    device=options["device"],
-                    random_weights=model.endswith("-random"),
+            if name not in self._segmenters:
+                options = self._segmenter_options if name == self.segmenter_name else {}
+                self._segmenters[name] = segmenter_spec(name).load(
+                    options.get("model"),
+                    weights=self.preset.segmenter_weights,
+                    checkpoint=options.get("checkpoint"),
+                    device=self._device,
                 )
-            return self._segmenter
+            return self._segmenters[name]
 
-    @property
-    def random_weights(self) -> bool:
-        return self.backbone.random_weights or bool(getattr(self.segmenter, "random_weights", False))
+    def _resolve(self, segmenter: Segmenter | str | None) -> Segmenter:
+        return segmenter if segmenter is not None and not isinstance(segmenter, str) else self.get_segmenter(segmenter)
 
-    def models(self) -> dict[str, Any]:
-        segmenter = self.segmenter
+    def random_weights(self, segmenter: Segmenter | str | None = None) -> bool:
+        return self.backbone.random_weights or bool(getattr(self._resolve(segmenter), "random_weights", False))
+
+    def models(self, segmenter: Segmenter | str | None = None) -> dict[str, Any]:
+        chosen = self._resolve(segmenter)
         return {
+            "preset": self.preset.name,
             "backbone": self.backbone.name,
             "backbone_source": self.backbone.source,
             "backbone_random_weights": self.backbone.random_weights,
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).removeprefix("torch."),
-            "segmenter": segmenter.name,
-            "segmenter_random_weights": bool(getattr(segmenter, "random_weights", False)),
+            "segmenter": chosen.name,
+            "segmenter_random_weights": bool(getattr(chosen, "random_weights", False)),
             "parser": self.parser.name,
         }
 
@@ -324,9 +305,10 @@ class SegmentAnyword:
     ) -> tuple[AttentionResult, bool]:
         """Averaged attention for ``image`` and the concepts of ``parse``; returns ``(result, from_cache)``."""
         settings = settings or self.settings.diffusion
+        digest = digest or image_digest(image)
         alignment = self.align(parse)
         key = (
-            digest or image_digest(image),
+            digest,
             parse.caption,
             tuple((c.concept_id, c.all_positions) for c in alignment.concepts),
             self.backbone.name,
@@ -339,13 +321,12 @@ class SegmentAnyword:
             return cached, True
         saved = None
         if self.embeddings_dir is not None:
-            saved = (
-                self.embeddings_dir / f"{learned_embeddings_key(self.backbone, image, alignment, settings)}.safetensors"
-            )
+            name = learned_embeddings_key(self.backbone, digest, alignment, settings)
+            saved = self.embeddings_dir / f"{name}.safetensors"
         embeddings = LearnedEmbeddings.load(saved, expected_key=saved.stem) if saved and saved.is_file() else None
         with self._diffusion_lock:
             result = extract_attention(
-                self.backbone, image, alignment, settings, embeddings=embeddings, progress=self.progress
+                self.backbone, image, alignment, settings, embeddings=embeddings, progress=self.progress, digest=digest
             )
         if saved is not None and embeddings is None:
             result.embeddings.save(saved)
@@ -358,6 +339,7 @@ class SegmentAnyword:
     def sample_prompts(
         self, attention: AttentionResult, parse: ParseResult, settings: PromptSettings | None = None
     ) -> PromptSet:
+        """Point prompts from the maps (re-run on every threshold, R1/R2 or seed change: no model runs)."""
         maps = attention.maps
 
         def adjective_map(concept_id: int, adjective: str) -> np.ndarray | None:
@@ -369,21 +351,47 @@ class SegmentAnyword:
         self.counters["prompts"] += 1
         return make_prompts(parse.concepts, maps.concept_map, adjective_map, settings or self.settings.prompts)
 
-    def embed(
-        self, image: np.ndarray, digest: str | None = None, segmenter: Segmenter | None = None
-    ) -> tuple[Any, bool]:
-        """The segmenter's per-image embedding (cached); returns ``(embedding, from_cache)``."""
-        segmenter = segmenter or self.segmenter
-        key = (digest or image_digest(image), segmenter.name)
-        with self._lock:
-            cached = self._embeddings.get(key)
-        if cached is not None:
-            return cached, True
-        embedding = segmenter.embed(image)
+    def resample(self, analysis: Analysis, overrides: Overrides) -> Analysis:
+        """The analysis with points sampled again under ``overrides`` (threshold, R1/R2, seed, ...): no model runs.
+        Only prompt settings apply here; diffusion settings need a new :meth:`analyze`."""
+        current = PipelineSettings(diffusion=analysis.attention.settings, prompts=analysis.sampled.settings)
+        prompts = apply_overrides(current, overrides).prompts
+        return dataclasses.replace(analysis, sampled=self.sample_prompts(analysis.attention, analysis.parse, prompts))
+
+    def embed(self, image: np.ndarray, segmenter: Segmenter | str | None = None) -> Any:
+        """The segmenter's per-image embedding (its image encoder: run once per image and kept by the caller)."""
         self.counters["embed"] += 1
-        with self._lock:
-            self._embeddings.put(key, embedding)
-        return embedding, False
+        return self._resolve(segmenter).embed(image)
+
+    def analyze(
+        self,
+        image: np.ndarray,
+        parse: ParseResult,
+        settings: PipelineSettings | None = None,
+        *,
+        segmenter: str | None = None,
+        digest: str | None = None,
+    ) -> Analysis:
+        """Attention, the segmenter's image embedding and sampled points: all a point edit reuses."""
+        settings = settings or self.settings
+        digest = digest or image_digest(image)
+        name = segmenter or self.segmenter_name
+        timings: dict[str, float] = {}
+        mark = time.perf_counter()
+        attention, cached = self.attend(image, parse, settings.diffusion, digest)
+        timings["attention_s"] = time.perf_counter() - mark
+        if not cached:
+            timings.update({f"attention_{k}_s": v for k, v in attention.timings.items()})
+        mark = time.perf_counter()
+        embedding = self.embed(image, name)
+        timings["embed_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        sampled = self.sample_prompts(attention, parse, settings.prompts)
+        timings["prompts_s"] = time.perf_counter() - mark
+        analysis = Analysis(
+            digest, (image.shape[1], image.shape[0]), parse, attention, name, embedding, sampled, cached
+        )
+        return dataclasses.replace(analysis, timings=timings)
 
     def segment(
         self,
@@ -391,26 +399,30 @@ class SegmentAnyword:
         parse: ParseResult,
         attention: AttentionResult,
         prompts: PromptSet,
-        threshold: float | None = None,
-        digest: str | None = None,
-        segmenter: Segmenter | None = None,
+        *,
+        embedding: Any | None = None,
+        segmenter: Segmenter | str | None = None,
     ) -> tuple[dict, dict]:
         """One mask and score per concept, from its points (and heatmap, for the plain backend).
 
-        ``segmenter`` overrides the pipeline's own for this call (the evaluation compares backends).
+        ``embedding``: the segmenter's embedding of ``image`` if the caller has it (else the encoder runs);
+        ``segmenter`` overrides the pipeline's default for this call (the evaluation compares backends).
         """
         if (prompts.width, prompts.height) != (image.shape[1], image.shape[0]):
             raise ValueError(f"these points belong to a {prompts.width}x{prompts.height} image, not this one")
-        segmenter = segmenter or self.segmenter
-        embedding, _ = self.embed(image, digest, segmenter)
-        threshold = threshold if threshold is not None else prompts.settings.threshold
+        chosen = self._resolve(segmenter)
+        if embedding is None:
+            embedding = self.embed(image, chosen)
         masks, scores = {}, {}
         for concept in parse.concepts:
             points, labels = prompts.arrays(concept.id)
             request = MaskRequest(
-                points=points, labels=labels, heatmap=attention.maps.concept_map(concept.id), threshold=threshold
+                points=points,
+                labels=labels,
+                heatmap=attention.maps.concept_map(concept.id),
+                threshold=prompts.settings.threshold,
             )
-            prediction = segmenter.segment(embedding, request)
+            prediction = chosen.segment(embedding, request)
             masks[concept.id], scores[concept.id] = prediction.mask, prediction.score
             self.counters["decode"] += 1
         return masks, scores
@@ -424,70 +436,51 @@ class SegmentAnyword:
         *,
         prompts: PromptSet | None = None,
         settings: PipelineSettings | None = None,
-        attention: AttentionResult | None = None,
+        analysis: Analysis | None = None,
+        segmenter: str | None = None,
     ) -> SegmentationResult:
         """Segment every concept of ``caption`` in ``image``.
 
         ``caption`` may be a :class:`ParseResult` (e.g. edited by the user). ``prompts`` replaces the sampled
-        points (user edits); only the segmenter runs then, since attention and embedding are cached.
-        ``attention`` reuses a result computed earlier for this image and parse (the demo keeps it per session,
-        so a busy shared cache can never send a point edit back to the diffusion model).
+        points (user edits). ``analysis`` reuses what :meth:`analyze` computed for this image and parse (attention
+        and image embedding), so only the mask decoder runs; ``settings`` and ``segmenter`` then come from it.
         """
         settings = settings or self.settings
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         array = load_image(image)
-        digest = image_digest(array)
         parse = caption if isinstance(caption, ParseResult) else self.parse(caption)
-        timings["parse_s"] = time.perf_counter() - started
-
+        timings = {"parse_s": time.perf_counter() - started}
+        if analysis is None:
+            analysis = self.analyze(array, parse, settings, segmenter=segmenter)
+            timings.update(analysis.timings)
+        elif not analysis.matches(array, parse):
+            raise ValueError("this analysis belongs to another image or caption")
+        prompts = prompts or analysis.sampled
         mark = time.perf_counter()
-        if attention is not None:
-            if (
-                attention.maps.alignment.caption != parse.caption
-                or attention.maps.frame.width != array.shape[1]
-                or attention.maps.frame.height != array.shape[0]
-            ):
-                raise ValueError("this attention result belongs to another image or caption")
-            cached = True
-        else:
-            attention, cached = self.attend(array, parse, settings.diffusion, digest)
-        timings["attention_s"] = time.perf_counter() - mark
-        if not cached:
-            timings.update({f"attention_{k}_s": v for k, v in attention.timings.items()})
-
-        mark = time.perf_counter()
-        if prompts is None:
-            prompts = self.sample_prompts(attention, parse, settings.prompts)
-        timings["prompts_s"] = time.perf_counter() - mark
-
-        mark = time.perf_counter()
-        masks, scores = self.segment(array, parse, attention, prompts, settings.prompts.threshold, digest)
+        masks, scores = self.segment(
+            array, parse, analysis.attention, prompts, embedding=analysis.embedding, segmenter=analysis.segmenter
+        )
         timings["segment_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - started
-
-        warnings = list(attention.maps.alignment.warnings)
-        if parse.fallback_reason:
-            warnings.append(f"{parse.requested_parser} parser failed ({parse.fallback_reason}); used {parse.parser}")
-        if self.random_weights:
-            warnings.append(RANDOM_WEIGHTS_WARNING)
         return SegmentationResult(
-            image_size=(array.shape[1], array.shape[0]),
+            image_size=analysis.image_size,
             parse=parse,
-            alignment=attention.maps.alignment,
-            attention=attention,
+            alignment=analysis.attention.maps.alignment,
+            attention=analysis.attention,
             prompts=prompts,
             masks=masks,
             scores=scores,
             timings=timings,
-            models=self.models(),
-            settings=settings,
-            warnings=warnings,
-            attention_cached=cached,
+            models=self.models(analysis.segmenter),
+            warnings=self._warnings(analysis, parse),
+            attention_cached=analysis.attention_cached,
+            parse_settings=getattr(self.parser, "settings", ParseSettings()),
         )
 
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._attention.clear()
-            self._embeddings.clear()
-            self._parses.clear()
+    def _warnings(self, analysis: Analysis, parse: ParseResult) -> list[str]:
+        warnings = list(analysis.attention.maps.alignment.warnings)
+        if parse.fallback_reason:
+            warnings.append(f"{parse.requested_parser} parser failed ({parse.fallback_reason}); used {parse.parser}")
+        if self.random_weights(analysis.segmenter):
+            warnings.append(RANDOM_WEIGHTS_WARNING)
+        return warnings

@@ -1,4 +1,4 @@
-"""Command line of the demo: ``python app.py [--preset sd15|sd14|shapes|tiny] [--port P] [--share]``.
+"""Command line of the demo: ``python app.py [--preset NAME] [--port P] [--share]`` (presets: ``anyword presets``).
 
 Every flag has an environment variable (``ANYWORD_PRESET``, ``GRADIO_SERVER_PORT``, ...), so the same file runs
 locally and on Hugging Face Spaces.
@@ -11,7 +11,8 @@ import logging
 import math
 import os
 
-from demo.models import PRESETS
+from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET
+from demo.models import demo_presets
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,9 +20,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Segment Anyword demo")
     parser.add_argument(
         "--preset",
-        default=env("ANYWORD_PRESET", "sd15"),
-        choices=list(PRESETS),
-        help="model to start with (default sd15; falls back to tiny when offline)",
+        default=env("ANYWORD_PRESET", DEFAULT_PRESET),
+        choices=demo_presets(),
+        help=f"model to start with (default {DEFAULT_PRESET}; {OFFLINE_PRESET} when its weights are unavailable)",
     )
     parser.add_argument(
         "--host",
@@ -37,7 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=env("ANYWORD_DEVICE"), help="cpu, cuda, mps (default: best available)")
     parser.add_argument("--dtype", default=env("ANYWORD_DTYPE"), choices=("fp16", "bf16", "fp32"))
-    parser.add_argument("--sam-model", default=env("ANYWORD_SAM_MODEL"), help="vit_h (default), vit_l, vit_b")
+    parser.add_argument(
+        "--segmenter-model",
+        "--sam-model",
+        default=env("ANYWORD_SEGMENTER_MODEL") or env("ANYWORD_SAM_MODEL"),
+        help="size of the preset's segmenter: vit_h (default), vit_l, vit_b for SAM",
+    )
     parser.add_argument(
         "--gpu-concurrency",
         type=int,
@@ -98,7 +104,7 @@ def main(argv=None) -> None:
         preset=args.preset,
         device=args.device,
         dtype=args.dtype,
-        sam_model=args.sam_model,
+        segmenter_model=args.segmenter_model,
         gpu_concurrency=args.gpu_concurrency,
         llm_base_url=args.llm_base_url,
         visitor_llm_urls=args.allow_visitor_llm_url or not public,

@@ -21,9 +21,11 @@ from anyword.export import heatmap_items, zip_outputs
 from anyword.images import image_digest, load_image
 from anyword.parsing import OBJECT, ParseResult, SpacyParser
 from anyword.parsing.llm_access import LLMAccess
-from anyword.pipeline import PipelineSettings, SegmentationResult
-from anyword.prompts import NEGATIVE, POSITIVE, PromptSettings
+from anyword.pipeline import SegmentationResult
+from anyword.presets import get_preset
+from anyword.prompts import NEGATIVE, POSITIVE
 from anyword.seeds import check_seed
+from anyword.settings import SHORT_LEARNING_STEPS, Overrides
 from demo.exports import ExportStore
 from demo.state import Session
 
@@ -31,9 +33,11 @@ PARSER_SPACY = "spaCy (offline)"
 PARSER_LLM = "GPT-4o / OpenAI-compatible LLM"
 QUALITY_PRESET = "preset default"
 QUALITY_PAPER = "paper (1100 steps)"
-QUALITY_FAST = "fast (50 steps)"
+QUALITY_SHORT = "50 steps, no adapter"  # the paper's fast variant also LoRA-tunes the text encoder
 QUALITY_CUSTOM = "custom"
-QUALITIES = (QUALITY_PRESET, QUALITY_PAPER, QUALITY_FAST, QUALITY_CUSTOM)
+QUALITIES = (QUALITY_PRESET, QUALITY_PAPER, QUALITY_SHORT, QUALITY_CUSTOM)
+_QUALITY_NAMES = {QUALITY_PAPER: "paper", QUALITY_SHORT: "50-steps"}  # page label -> anyword.settings.QUALITIES
+SEGMENTER_PRESET = "preset default"
 ACTION_DROP = "drop concept"
 ACTION_ADD = "add word as concept"
 ACTION_BIND = "bind adjective"
@@ -176,39 +180,46 @@ def _word_span(caption: str, word: str) -> tuple[int, int]:
 # --- attention -----------------------------------------------------------------------------------------------
 
 
-def run_settings(
-    pipeline, quality: str, steps: float | None, seed: float | None, threshold: float, r1: bool, r2: bool
-) -> PipelineSettings:
-    """The preset's settings with the page's choices."""
-    settings = pipeline.settings
-    learning = settings.diffusion.learning
-    if quality == QUALITY_PAPER:
-        learning = dataclasses.replace(learning, steps=1100)
-    elif quality == QUALITY_FAST:
-        learning = dataclasses.replace(learning, steps=50)
-    elif quality == QUALITY_CUSTOM:
-        if steps is None or steps < 0 or steps > 5000:
-            raise AnywordError("Custom steps must be between 0 and 5000.")
-        learning = dataclasses.replace(learning, steps=int(steps))
-    settings = dataclasses.replace(
-        settings,
-        diffusion=dataclasses.replace(settings.diffusion, learning=learning),
-        prompts=dataclasses.replace(settings.prompts, threshold=float(threshold), r1=bool(r1), r2=bool(r2)),
+def page_overrides(
+    quality: str, steps: float | None, seed: float | None, threshold: float | None = None, r1=None, r2=None
+) -> Overrides:
+    """The page's choices as overrides of the preset's settings."""
+    custom = None
+    if quality == QUALITY_CUSTOM:
+        if steps is None:
+            raise AnywordError("Type the number of custom steps.")
+        custom = int(steps)
+    return Overrides(
+        quality=_QUALITY_NAMES.get(quality),
+        learning_steps=custom,
+        seed=check_seed(0 if seed is None else seed),
+        threshold=None if threshold is None else float(threshold),
+        r1=None if r1 is None else bool(r1),
+        r2=None if r2 is None else bool(r2),
     )
-    return settings.with_seed(check_seed(0 if seed is None else seed))
 
 
-def learning_steps(pipeline, quality: str, steps: float | None) -> int:
-    """Prompt-learning steps a compute request implies (sizes the GPU reservation on Spaces)."""
-    return {QUALITY_PAPER: 1100, QUALITY_FAST: 50}.get(
-        quality, int(steps or 0) if quality == QUALITY_CUSTOM else pipeline.settings.diffusion.learning.steps
-    )
+def preset_notice(preset: str, device: str | None = None) -> str:
+    """What the chosen model is, and what its default run would cost on this machine (before it starts)."""
+    chosen = get_preset(preset)
+    notice = f"Model: **{chosen.description}**."
+    if chosen.random_weights:
+        notice += " Its maps and masks mean nothing."
+    cost = chosen.cost_warning(chosen.settings().diffusion.learning.steps, device)
+    if cost is not None:
+        notice += f" Note: {cost}. Choose **{QUALITY_SHORT}** ({SHORT_LEARNING_STEPS} steps) to try it."
+    return notice
+
+
+def choose_preset(session: Session, preset: str, device: str | None = None) -> tuple[Session, dict]:
+    return session, {"notice": preset_notice(preset, device)}
 
 
 def compute(
     hub,
     session: Session,
     preset: str,
+    segmenter: str | None,
     quality: str,
     steps: float | None,
     seed: float | None,
@@ -216,46 +227,42 @@ def compute(
     r1: bool,
     r2: bool,
 ) -> tuple[Session, dict]:
-    """Inversion, prompt learning and averaged attention (the slow step), then sampled points."""
+    """Inversion, prompt learning and averaged attention (the slow step), the segmenter's image embedding, then
+    sampled points: all kept in the session."""
     if session.image is None:
         raise AnywordError("Upload an image (or pick an example) first.")
     if session.parse is None:
         raise AnywordError("Parse the caption first.")
+    overrides = page_overrides(quality, steps, seed, threshold, r1, r2)
     pipeline = hub.pipeline(preset)
-    settings = run_settings(pipeline, quality, steps, seed, threshold, r1, r2)
+    chosen = None if segmenter in (None, "", SEGMENTER_PRESET) else segmenter
     started = time.perf_counter()
-    attention, cached = pipeline.attend(session.image, session.parse, settings.diffusion, session.digest)
+    analysis = pipeline.analyze(
+        session.image, session.parse, pipeline.preset.settings(overrides), segmenter=chosen, digest=session.digest
+    )
     seconds = time.perf_counter() - started
-    session = dataclasses.replace(session, preset=preset, attention=attention, result=None)
+    session = dataclasses.replace(session, preset=preset, analysis=analysis, prompts=analysis.sampled, history=[])
+    session.result = None
     session.concept_id = session.parse.concepts[0].id
-    session = _resample(pipeline, session, settings.prompts)
-    weights = "RANDOM WEIGHTS: maps and masks mean nothing. " if pipeline.random_weights else ""
+    weights = "RANDOM WEIGHTS: maps and masks mean nothing. " if pipeline.random_weights(chosen) else ""
+    attention = analysis.attention
     notice = (
-        f"{weights}Attention {'reused' if cached else 'computed'} in {seconds:.1f} s "
-        f"({settings.diffusion.learning.steps} prompt-learning steps, reconstruction MSE "
-        f"{attention.reconstruction_mse:.2g}). Click on the image to edit points, then Segment."
+        f"{weights}Attention {'reused' if analysis.attention_cached else 'computed'} in {seconds:.1f} s "
+        f"({attention.settings.learning.steps} prompt-learning steps, seed {attention.settings.seed}, "
+        f"reconstruction MSE {attention.reconstruction_mse:.2g}). Click on the image to edit points, then Segment."
     )
     return session, {**points_view(session), "gallery": gallery(session), "notice": notice}
 
 
-def _resample(pipeline, session: Session, prompt_settings: PromptSettings) -> Session:
-    prompts = pipeline.sample_prompts(session.attention, session.parse, prompt_settings)
-    return dataclasses.replace(session, sampled=prompts, prompts=prompts, history=[])
-
-
 def resample(hub, session: Session, threshold: float, r1: bool, r2: bool, seed: float | None) -> tuple[Session, dict]:
-    """New threshold / R1 / R2: re-sample points from the maps already computed (no diffusion work)."""
-    if session.attention is None:
+    """New threshold / R1 / R2 / seed: re-sample points from the maps already computed (no model runs)."""
+    if session.analysis is None:
         return session, {}
-    pipeline = hub.pipeline(session.preset)
-    settings = dataclasses.replace(
-        pipeline.settings.prompts,
-        threshold=float(threshold),
-        r1=bool(r1),
-        r2=bool(r2),
-        seed=check_seed(0 if seed is None else seed),
+    overrides = Overrides(
+        threshold=float(threshold), r1=bool(r1), r2=bool(r2), seed=check_seed(0 if seed is None else seed)
     )
-    session = _resample(pipeline, session, settings)
+    analysis = hub.pipeline(session.preset).resample(session.analysis, overrides)
+    session = dataclasses.replace(session, analysis=analysis, prompts=analysis.sampled, history=[])
     return session, {
         **points_view(session),
         "gallery": gallery(session),
@@ -266,7 +273,7 @@ def resample(hub, session: Session, threshold: float, r1: bool, r2: bool, seed: 
 
 def gallery(session: Session) -> list[tuple[np.ndarray, str]]:
     """One panel per concept and per bound adjective: heatmap over the image, with the points."""
-    result = _partial_result(session)
+    result = SegmentationResult.preview(session.analysis, session.prompts)
     return [(_thumbnail(picture), title) for title, picture in heatmap_items(result, session.image, adjectives=True)]
 
 
@@ -351,7 +358,7 @@ def clear(session: Session) -> tuple[Session, dict]:
 
 
 def reset(session: Session) -> tuple[Session, dict]:
-    if session.sampled is None:
+    if session.analysis is None:
         raise AnywordError("Compute attention first.")
     session = dataclasses.replace(session, prompts=session.sampled, history=[*session.history, session.prompts])
     return session, points_view(session)
@@ -360,22 +367,17 @@ def reset(session: Session) -> tuple[Session, dict]:
 # --- segmentation --------------------------------------------------------------------------------------------
 
 
-def segment(hub, session: Session, threshold: float) -> tuple[Session, dict]:
-    """Masks from the current points (the segmenter only: attention and image embedding are reused)."""
-    if session.attention is None or session.prompts is None:
+def segment(hub, session: Session) -> tuple[Session, dict]:
+    """Masks from the current points: the mask decoder only (the session keeps attention and image embedding)."""
+    if session.analysis is None or session.prompts is None:
         raise AnywordError("Compute attention first.")
     pipeline = hub.pipeline(session.preset)
     started = time.perf_counter()
-    settings = dataclasses.replace(
-        pipeline.settings, prompts=dataclasses.replace(session.prompts.settings, threshold=float(threshold))
-    )
-    result = pipeline.run(
-        session.image, session.parse, prompts=session.prompts, settings=settings, attention=session.attention
-    )
+    result = pipeline.run(session.image, session.parse, prompts=session.prompts, analysis=session.analysis)
     seconds = time.perf_counter() - started
     session = dataclasses.replace(session, result=result)
     annotations = [(result.masks[c.id], concept_label(c)) for c in result.concepts]
-    weights = " RANDOM WEIGHTS: masks mean nothing." if result.attention.random_weights else ""
+    weights = " RANDOM WEIGHTS: masks mean nothing." if pipeline.random_weights(session.analysis.segmenter) else ""
     return session, {
         "annotated": (session.image, annotations),
         "notice": f"Segmented {len(result.concepts)} concepts in {seconds * 1000:.0f} ms "
@@ -399,20 +401,3 @@ def export(session: Session, store: ExportStore) -> tuple[Session, dict]:
         for c in summary["concepts"]
     ]
     return session, {"download": str(archive), "result_json": json.loads(json.dumps(summary))}
-
-
-def _partial_result(session: Session) -> SegmentationResult:
-    """A result view of the session for the picture helpers (masks may not exist yet)."""
-    return SegmentationResult(
-        image_size=(session.image.shape[1], session.image.shape[0]),
-        parse=session.parse,
-        alignment=session.attention.maps.alignment,
-        attention=session.attention,
-        prompts=session.prompts,
-        masks={},
-        scores={},
-        timings={},
-        models={},
-        settings=PipelineSettings(),
-        warnings=[],
-    )

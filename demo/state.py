@@ -1,4 +1,8 @@
-"""Per-session state of the demo, kept in ``gr.State``: CPU arrays and small tensors only, never models."""
+"""Per-session state of the demo, kept in ``gr.State``: CPU arrays and small tensors only, never models.
+
+The session keeps its own :class:`~anyword.pipeline.Analysis` (attention and the segmenter's image embedding), so a
+point edit only runs the mask decoder, whatever other sessions compute meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import numpy as np
 
 from anyword.diffusion import AttentionResult
 from anyword.parsing import ParseResult
-from anyword.pipeline import SegmentationResult
+from anyword.pipeline import Analysis, SegmentationResult
+from anyword.presets import OFFLINE_PRESET
 from anyword.prompts import PromptSet
 
 DISPLAY_MAX_SIDE = 1024  # the point editor shows images at most this large; clicks are mapped back exactly
@@ -18,19 +23,27 @@ DISPLAY_MAX_SIDE = 1024  # the point editor shows images at most this large; cli
 class Session:
     """What one browser session has done so far. Handlers return a new or updated session."""
 
-    preset: str = "tiny"
+    preset: str = OFFLINE_PRESET
     image: np.ndarray | None = None
     image_name: str = "image"
-    digest: str | None = None
+    digest: str | None = None  # the image's content hash, made once per upload
     parse: ParseResult | None = None
-    attention: AttentionResult | None = None
-    sampled: PromptSet | None = None  # points as sampled (what "reset" returns to)
+    analysis: Analysis | None = None  # attention + the segmenter's image embedding + points as sampled
     prompts: PromptSet | None = None  # points as edited
     history: list[PromptSet] = field(default_factory=list)  # for undo
     result: SegmentationResult | None = None
     concept_id: int | None = None
     notice: str = ""
     export_owner: str | None = None  # this session's folder in the export store (made on its first export)
+
+    @property
+    def attention(self) -> AttentionResult | None:
+        return self.analysis.attention if self.analysis is not None else None
+
+    @property
+    def sampled(self) -> PromptSet | None:
+        """The points as sampled (what "reset" returns to)."""
+        return self.analysis.sampled if self.analysis is not None else None
 
     @property
     def display_scale(self) -> float:
@@ -48,8 +61,8 @@ class Session:
         self.forget_from_attention()
 
     def forget_from_attention(self) -> None:
-        self.attention = None
-        self.sampled = self.prompts = None
+        self.analysis = None
+        self.prompts = None
         self.history = []
         self.result = None
         self.concept_id = None

@@ -17,9 +17,11 @@ import gradio as gr
 
 from anyword.errors import AnywordError
 from anyword.parsing.llm_access import LLMAccess
+from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET, get_preset
+from anyword.segment import SEGMENTERS
 from demo import handlers as h
 from demo.exports import DEFAULT_MAX_BYTES, ExportStore
-from demo.models import OFFLINE_FALLBACK, PRESETS, ModelHub, availability
+from demo.models import ModelHub, demo_presets
 from demo.state import Session
 
 logger = logging.getLogger(__name__)
@@ -40,10 +42,10 @@ class DemoConfig:
     such endpoints must resolve to public addresses (on for public servers); ``session_ttl_s``: an idle session's
     state and download are deleted after this long."""
 
-    preset: str = "sd15"
+    preset: str = DEFAULT_PRESET
     device: str | None = None
     dtype: str | None = None
-    sam_model: str | None = None
+    segmenter_model: str | None = None
     gpu_concurrency: int = 1
     check_availability: bool = True
     llm_base_url: str | None = None
@@ -76,9 +78,9 @@ class UploadedImage(gr.Image):
         return str(payload.path)
 
 
-def examples(preset_group: str) -> list[list[str]]:
-    """``[image path, caption]`` rows from ``assets/examples.json`` (photos) or ``assets/shapes``."""
-    if preset_group == "shapes":
+def examples(group: str) -> list[list[str]]:
+    """``[image path, caption]`` rows from ``assets/examples.json`` ("photos") or ``assets/shapes`` ("shapes")."""
+    if group == "shapes":
         index = json.loads((ASSETS / "shapes" / "examples.json").read_text())
         return [[str(ASSETS / "shapes" / row["image"]), row["caption"]] for row in index]
     index = json.loads((ASSETS / "examples.json").read_text())
@@ -94,19 +96,17 @@ def gpu_task(function: Callable, duration: Callable | int) -> Callable:
     return spaces.GPU(duration=duration)(function)
 
 
-def compute_duration(session, preset, quality, steps, *args, **kwargs) -> int:
+def compute_duration(session, preset, segmenter, quality, steps, *args, **kwargs) -> int:
     """Seconds to reserve on a Spaces GPU: load + inversion + prompt learning at ~0.25 s per step on an A10G."""
-    from anyword.pipeline import preset_defaults
-
-    default = preset_defaults(preset).get("learning_steps", 1100)
-    planned = {h.QUALITY_PAPER: 1100, h.QUALITY_FAST: 50}.get(
-        quality, int(steps or 0) if quality == h.QUALITY_CUSTOM else default
-    )
+    try:
+        planned = get_preset(preset).settings(h.page_overrides(quality, steps, 0)).diffusion.learning.steps
+    except AnywordError:
+        planned = 0  # the handler refuses the request itself
     return int(min(1500, 60 + 0.25 * planned))
 
 
 def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -> gr.Blocks:
-    hub = hub or ModelHub(device=config.device, dtype=config.dtype, sam_model=config.sam_model)
+    hub = hub or ModelHub(device=config.device, dtype=config.dtype, segmenter_model=config.segmenter_model)
     preset, status = _startup_preset(config)
     llm = LLMAccess(
         config.llm_base_url,
@@ -158,15 +158,14 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
                         visible=config.visitor_llm_urls,
                     )
                 parse_button = gr.Button("Parse", variant="primary", elem_id="parse-button")
-                gr.Examples(
-                    examples("photos"), inputs=[image, caption], label="Photos (pretrained models)", examples_per_page=5
-                )
-                gr.Examples(
-                    examples("shapes"),
-                    inputs=[image, caption],
-                    label="Shape scenes (the shapes model)",
-                    examples_per_page=4,
-                )
+                groups = {
+                    "photos": ("Photos (pretrained models)", 5),
+                    "shapes": ("Shape scenes (the shapes model)", 4),
+                }
+                first = get_preset(preset).examples  # the examples that suit the starting model come first
+                for group in sorted(groups, key=lambda name: name != first):
+                    label, per_page = groups[group]
+                    gr.Examples(examples(group), inputs=[image, caption], label=label, examples_per_page=per_page)
             with gr.Column():
                 highlight = gr.HighlightedText(
                     label="Caption: nouns and their adjectives",
@@ -189,7 +188,16 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         gr.Markdown("### 2 · Attention")
         with gr.Row():
             preset_choice = gr.Dropdown(
-                [(p.label, p.key) for p in PRESETS.values()], value=preset, label="Model", elem_id="preset"
+                [(get_preset(name).description, name) for name in demo_presets()],
+                value=preset,
+                label="Model",
+                elem_id="preset",
+            )
+            segmenter_choice = gr.Dropdown(
+                [h.SEGMENTER_PRESET, *SEGMENTERS],
+                value=h.SEGMENTER_PRESET,
+                label="Segmenter",
+                elem_id="segmenter",
             )
             quality = gr.Radio(list(h.QUALITIES), value=h.QUALITY_PRESET, label="Prompt learning")
             steps = gr.Number(value=50, precision=0, minimum=0, maximum=5000, label="Custom steps")
@@ -301,6 +309,7 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         def on_compute(
             session_value,
             preset_key,
+            segmenter_value,
             quality_value,
             steps_value,
             seed_value,
@@ -311,7 +320,16 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         ):
             progress(0, desc=f"loading {preset_key} (first use only)…")
             return h.compute(
-                hub, session_value, preset_key, quality_value, steps_value, seed_value, threshold_value, r1_on, r2_on
+                hub,
+                session_value,
+                preset_key,
+                segmenter_value,
+                quality_value,
+                steps_value,
+                seed_value,
+                threshold_value,
+                r1_on,
+                r2_on,
             )
 
         def on_click(session_value, mode_value, evt: gr.SelectData):
@@ -320,8 +338,11 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         def on_resample(session_value, threshold_value, r1_on, r2_on, seed_value):
             return h.resample(hub, session_value, threshold_value, r1_on, r2_on, seed_value)
 
-        def on_segment(session_value, threshold_value):
-            return h.segment(hub, session_value, threshold_value)
+        def on_segment(session_value):
+            return h.segment(hub, session_value)
+
+        def on_preset(session_value, preset_key):
+            return h.choose_preset(session_value, preset_key, config.device)
 
         gpu = {"concurrency_id": "gpu", "concurrency_limit": config.gpu_concurrency}
         hidden = {"api_visibility": "private"}
@@ -346,11 +367,13 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         function, outputs = event(gpu_task(on_compute, compute_duration), map_parts)
         compute_button.click(
             function,
-            [session, preset_choice, quality, steps, seed, threshold, r1, r2],
+            [session, preset_choice, segmenter_choice, quality, steps, seed, threshold, r1, r2],
             outputs,
             api_name="compute",
             **gpu,
         )
+        function, outputs = event(on_preset, ())
+        preset_choice.change(function, [session, preset_choice], outputs, **hidden)
         function, outputs = event(on_resample, map_parts)
         for control in (threshold, r1, r2):
             control.change(function, [session, threshold, r1, r2, seed], outputs, **hidden)
@@ -367,7 +390,7 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
             button.click(function, [session], outputs, api_name=name, show_progress="hidden")
         segment_function, segment_outputs = event(gpu_task(on_segment, 60), ("annotated",))
         export_function, export_outputs = event(on_export, ("download", "result_json"))
-        segment_button.click(segment_function, [session, threshold], segment_outputs, api_name="segment", **gpu).then(
+        segment_button.click(segment_function, [session], segment_outputs, api_name="segment", **gpu).then(
             export_function, [session], export_outputs, api_name="export", show_progress="hidden"
         )
     return demo
@@ -381,19 +404,15 @@ def gradio_cache_folder() -> str:
 
 
 def _startup_preset(config: DemoConfig) -> tuple[str, str]:
-    """The preset the page starts with, and a status line saying which and why."""
-    preset = config.preset
-    if preset not in PRESETS:
-        raise AnywordError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    """The preset the page starts with, and a status line saying which and why (and what a CPU run costs)."""
+    if config.preset not in demo_presets():
+        raise AnywordError(f"unknown preset {config.preset!r}: choose one of {', '.join(demo_presets())}")
     if config.check_availability:
-        reason = availability(preset)
-        if reason is not None:
-            fallback = OFFLINE_FALLBACK
-            return fallback, (
-                f"**{PRESETS[preset].label} cannot run here (offline):** {reason}  \n"
-                f"The page uses **{PRESETS[fallback].label}** so you can try the whole flow; choose "
-                f"**shapes** for a small model trained in this repository that gives real maps and masks on shape "
-                "scenes."
+        availability = get_preset(config.preset).availability()
+        if not availability.ready:
+            return OFFLINE_PRESET, (
+                f"**{get_preset(config.preset).description} cannot run here (offline):** {availability.reason}  \n"
+                f"The page starts on **{get_preset(OFFLINE_PRESET).description}**; its shape-scene examples come "
+                f"first. **tiny** (random weights) stays selectable to try the flow on photos."
             )
-    note = " Its maps and masks mean nothing." if PRESETS[preset].random_weights else ""
-    return preset, f"Model: **{PRESETS[preset].label}** (loads on first use).{note}"
+    return config.preset, h.preset_notice(config.preset, config.device) + " It loads on first use."

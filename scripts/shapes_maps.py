@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention, load_backbone
+from anyword.diffusion import DiffusionSettings, extract_attention
+from anyword.presets import get_preset
+from anyword.settings import Overrides
 from anyword.shapes.evaluate import with_control
-from anyword.shapes.model import SHAPES_DEFAULTS
 from anyword.shapes.scenes import make_scene, render
 from anyword.tokens import align_tokens
 from anyword.viz import heatmap_overlay, panels
@@ -53,12 +54,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--out", default="docs/shapes-maps.png")
     args = parser.parse_args()
-    backbone = load_backbone("shapes", device="cpu")
-    settings = DiffusionSettings(
-        learning=LearningSettings(steps=0),
-        attention_resolutions=tuple(SHAPES_DEFAULTS["attention_resolutions"]),
-        attention_timesteps=SHAPES_DEFAULTS["attention_timesteps"],
-    )
+    preset = get_preset("shapes")
+    backbone = preset.load(device="cpu")
+    settings = preset.settings(Overrides(learning_steps=0)).diffusion
     rows = [scene_row(backbone, args.split, index, settings) for index in args.scenes]
     columns = max(len(row) for row in rows)
     items = []

@@ -56,7 +56,7 @@ VALIDATION_START = 5_000_000
 
 def configure(name: str) -> dict:
     """Set the variant's world and UNet settings in this process; returns its train() keyword arguments."""
-    import anyword.shapes.model as model
+    import anyword.diffusion.shapes_model as model
     import anyword.shapes.scenes as scenes
 
     scale, heads, train_kwargs = VARIANTS[name]
@@ -148,8 +148,8 @@ def attention_shares(rows: list[dict]) -> dict:
 def train_and_score(name: str, folder: Path, args) -> None:
     torch.multiprocessing.set_start_method("fork", force=True)  # data workers inherit the variant's settings
     kwargs = configure(name)
+    from anyword.diffusion.shapes_model import load_shapes_backbone, weights_dir
     from anyword.shapes.evaluate import localization
-    from anyword.shapes.model import load_shapes_backbone, weights_dir
     from anyword.shapes.train import train
 
     torch.set_num_threads(args.threads)

@@ -31,6 +31,9 @@ def segment(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+MODEL_NAMES = {"sam": "sam-tiny", "sam2": "sam2-tiny-random", "sam-hq": "sam-hq-tiny-random", "plain": "plain"}
+
+
 @pytest.mark.parametrize("segmenter", ["sam", "plain"])
 def test_segment_writes_consistent_outputs(tmp_path, segmenter):
     out = tmp_path / "out"
@@ -42,7 +45,7 @@ def test_segment_writes_consistent_outputs(tmp_path, segmenter):
     result = json.loads((out / "result.json").read_text())
     coco = json.loads((out / "masks_coco.json").read_text())
     assert result["image"] == {"width": 451, "height": 300} and result["random_weights"] is True
-    assert result["models"]["segmenter"] == ("sam-tiny" if segmenter == "sam" else "plain")
+    assert result["models"]["segmenter"] == MODEL_NAMES[segmenter]
     assert result["settings"]["diffusion"]["learning"]["steps"] == 1
     assert [c["noun"] for c in result["concepts"]] == ["cat", "eyes", "nose"]
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["0_cat.png", "1_eyes.png", "2_nose.png"]
@@ -58,6 +61,20 @@ def test_segment_writes_consistent_outputs(tmp_path, segmenter):
     overlay = Image.open(out / "overlay.png")
     assert overlay.width == 451 and overlay.height > 300  # the image plus a legend
     assert Image.open(out / "heatmaps.png").mode == "RGB"
+
+
+@pytest.mark.parametrize("segmenter", ["sam2", "sam-hq"])
+def test_transformers_segmenters_write_masks_of_the_input_size(tmp_path, segmenter):
+    out = tmp_path / "out"
+    image = tmp_path / "wide.png"
+    Image.open(ASSETS / "coffee.png").crop((0, 0, 517, 283)).save(image)  # non-square, odd sizes
+    done = segment(str(image), "a red ball next to a blue box", "--out", str(out), "--segmenter", segmenter, *QUICK)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["models"]["segmenter"] == MODEL_NAMES[segmenter] and result["image"] == {"width": 517, "height": 283}
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["0_ball.png", "1_box.png"]
+    for png in (out / "masks").iterdir():
+        assert Image.open(png).size == (517, 283)
 
 
 def test_r1_r2_switches_and_seed(tmp_path):

@@ -63,9 +63,10 @@ def pick_example_and_parse(page: Page, caption: str) -> None:
     expect(page.locator(NOTICE)).to_contain_text("concepts found", timeout=60_000)
 
 
-def compute(page: Page, steps: int = 2) -> None:
+def compute(page: Page, steps: int = 2, seed: int = 0) -> None:
     page.get_by_label("custom", exact=True).check()
     page.get_by_label("Custom steps").fill(str(steps))
+    page.get_by_label("Seed").fill(str(seed))
     page.locator("#compute-button").click()
     expect(page.locator(NOTICE)).to_contain_text("Click on the image", timeout=SLOW)
     expect(page.locator("#gallery img").first).to_be_visible()
@@ -119,10 +120,14 @@ def test_full_flow_with_a_click(browser, demo_server, tmp_path):
     pick_example_and_parse(page, COFFEE)
     expect(page.locator("#highlight")).to_contain_text("espresso")
     expect(page.locator("#concepts")).to_contain_text("silver spoon")
-    compute(page)
+    compute(page, steps=2, seed=7)
     first = segment(page)
     before_edit = downloaded_result(page)
     assert before_edit["caption"] == COFFEE
+    # The settings the attention was computed with (the tiny preset's defaults are 10 steps, seed 0).
+    diffusion = before_edit["settings"]["diffusion"]
+    assert diffusion["learning"]["steps"] == 2 and diffusion["seed"] == 7
+    assert before_edit["settings"]["prompts"]["seed"] == 7
 
     first_download = download_link(page)
     x, y = click_editor(page, 0.20, 0.70)  # a point on the first concept ("red espresso cup")

@@ -31,7 +31,7 @@ def hub(nlp):
 
 
 def compute_quick(hub, session, seed=0):
-    return h.compute(hub, session, "tiny", h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
+    return h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,10 @@ def computed(hub, nlp):
     session, _ = h.parse_caption(session, CAPTION, h.PARSER_SPACY, nlp=nlp)
     session, view = compute_quick(hub, session)
     return session, view
+
+
+def compute_preset(hub, session, quality=h.QUALITY_PRESET, steps=0):
+    return h.compute(hub, session, "tiny", None, quality, steps, 0, 0.7, True, True)
 
 
 def select(x, y):
@@ -109,7 +113,7 @@ def store(tmp_path):
 def test_segment_returns_masks_and_a_download(hub, computed, store):
     session, _ = computed
     session, _ = h.select_point(session, h.MODE_POSITIVE, select(300, 200))
-    session, view = h.segment(hub, session, 0.7)
+    session, view = h.segment(hub, session)
     base, annotations = view["annotated"]
     assert base.shape == (400, 600, 3)
     assert [label for _, label in annotations] == ["0: red espresso cup", "1: red saucer", "2: silver spoon"]
@@ -123,6 +127,80 @@ def test_segment_returns_masks_and_a_download(hub, computed, store):
         mask = Image.open(io.BytesIO(archive.read("masks/2_spoon.png")))
         assert mask.size == (600, 400)
         assert json.loads(archive.read("result.json"))["caption"] == CAPTION
+
+
+def test_exported_settings_are_the_ones_the_attention_was_computed_with(hub, nlp, store):
+    """Custom steps and seed on the page: result.json reports them (not the preset's 10 steps and seed 0)."""
+    session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
+    session, view = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 2, 7, 0.6, True, False)
+    assert "2 prompt-learning steps, seed 7" in view["notice"]
+    session, _ = h.segment(hub, session)
+    session, view = h.export(session, store)
+    for settings in (
+        view["result_json"]["settings"],
+        json.loads(zipfile.ZipFile(view["download"]).read("result.json"))["settings"],
+    ):
+        assert settings["diffusion"]["learning"]["steps"] == 2 and settings["diffusion"]["seed"] == 7
+        assert settings["prompts"]["seed"] == 7 and settings["prompts"]["threshold"] == 0.6
+        assert settings["prompts"]["r2"] is False
+        assert settings["diffusion"]["inversion_steps"] == 25  # the tiny preset's own
+
+
+def test_a_point_edit_never_reruns_the_image_encoder_whatever_other_sessions_do(hub, nlp):
+    """Six sessions with six images (more than any shared cache would hold), then an edit in the first one: the
+    mask decoder runs, the image encoder and the diffusion model do not."""
+    pipeline = hub.pipeline("tiny")
+    sessions = []
+    for index in range(6):
+        session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+        session.image = np.ascontiguousarray(np.roll(session.image, 37 * index, axis=1))  # six different images
+        session.digest = f"image-{index}"
+        session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
+        session, _ = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+        sessions.append(session)
+    before = dict(pipeline.counters)
+    first, _ = h.select_point(sessions[0], h.MODE_POSITIVE, select(100, 100))
+    first, view = h.segment(hub, first)
+    assert pipeline.counters["embed"] == before["embed"]
+    assert pipeline.counters["attention"] == before["attention"]
+    assert pipeline.counters["unet_calls"] == before["unet_calls"]
+    assert pipeline.counters["decode"] == before["decode"] + 1
+    assert view["annotated"][1][0][0].shape == (400, 600)
+
+
+def test_the_segmenter_is_chosen_on_the_page(hub, nlp):
+    session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
+    session, _ = h.compute(hub, session, "tiny", "sam2", h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+    session, view = h.segment(hub, session)
+    assert "sam2-tiny-random" in view["notice"] and session.result.masks[0].shape == (400, 600)
+    assert session.result.models["segmenter"] == "sam2-tiny-random"
+
+
+def test_custom_steps_out_of_range_are_refused_by_name(hub, nlp):
+    session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
+    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
+    with pytest.raises(AnywordError, match="from 0 to 5000"):
+        h.compute(hub, session, "tiny", None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True)
+
+
+def test_a_pretrained_preset_on_a_cpu_says_what_it_costs_before_it_starts():
+    notice = h.preset_notice("sd15", device="cpu")
+    assert "175 s" in notice and "days" in notice and h.QUALITY_SHORT in notice
+    assert "cost" not in h.preset_notice("shapes", device="cpu") and "Note" not in h.preset_notice("tiny", "cpu")
+
+
+def test_offline_the_page_starts_on_the_shapes_model(monkeypatch):
+    from huggingface_hub import constants
+
+    from demo.ui import DemoConfig, _startup_preset
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("ANYWORD_OFFLINE", "1")
+    monkeypatch.setenv("ANYWORD_CACHE", "/nonexistent-anyword-cache")
+    preset, status = _startup_preset(DemoConfig(preset="sd15"))
+    assert preset == "shapes" and "cannot run here" in status and "tiny" in status
 
 
 def test_threshold_and_regularisation_changes_resample_without_diffusion(hub, computed):
@@ -154,15 +232,21 @@ def test_concept_edits(nlp):
 @pytest.mark.parametrize(
     ("step", "message"),
     [
-        (lambda hub, s: h.compute(hub, Session(), "tiny", h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Upload an image"),
-        (lambda hub, s: h.compute(hub, s, "tiny", h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Parse the caption"),
+        (
+            lambda hub, s: h.compute(hub, Session(), "tiny", None, h.QUALITY_PRESET, 0, 0, 0.7, True, True),
+            "Upload an image",
+        ),
+        (lambda hub, s: h.compute(hub, s, "tiny", None, h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Parse the caption"),
         (lambda hub, s: h.click(s, 10, 10, h.MODE_POSITIVE), "Compute attention first"),
-        (lambda hub, s: h.segment(hub, s, 0.7), "Compute attention first"),
+        (lambda hub, s: h.segment(hub, s), "Compute attention first"),
         (lambda hub, s: h.export(s, None), "Segment first"),
         (lambda hub, s: h.undo(s), "Nothing to undo"),
         (lambda hub, s: h.parse_caption(s, "  ", h.PARSER_SPACY), "Type a caption"),
         (lambda hub, s: h.parse_caption(s, "hello!!", h.PARSER_SPACY), "no nouns"),
-        (lambda hub, s: h.compute(hub, s, "tiny", h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True), "Parse the caption"),
+        (
+            lambda hub, s: h.compute(hub, s, "tiny", None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True),
+            "Parse the caption",
+        ),
     ],
 )
 def test_bad_steps_have_clear_messages(hub, step, message):

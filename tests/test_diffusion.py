@@ -23,11 +23,11 @@ from anyword.diffusion import (
     ddim_invert,
     extract_attention,
     learn_embeddings,
-    load_backbone,
     make_schedule,
     record_cross_attention,
 )
 from anyword.diffusion.attention import CrossAttentionRecorder, RecordingCrossAttnProcessor, cross_attention_layers
+from anyword.diffusion.loading import build_tiny, load_pretrained
 from anyword.errors import ModelUnavailableError
 from anyword.tokens import align_tokens
 
@@ -37,7 +37,7 @@ FAST = DiffusionSettings(inversion_steps=8, learning=LearningSettings(steps=2, b
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_backbone("tiny", device="cpu")
+    return build_tiny(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -275,16 +275,16 @@ def test_timestep_range_and_multiple_resolutions(tiny, alignment, image):
 
 
 def test_random_presets_are_reproducible(tiny):
-    again = load_backbone("tiny", device="cpu")
+    again = build_tiny(device="cpu")
     for a, b in zip(tiny.unet.parameters(), again.unet.parameters(), strict=True):
         assert torch.equal(a, b)
-    other = load_backbone("tiny", device="cpu", seed=1)
+    other = build_tiny(device="cpu", seed=1)
     assert not torch.equal(next(tiny.unet.parameters()), next(other.unet.parameters()))
     assert tiny.random_weights and "random weights" in tiny.description
 
 
 def test_sd15_random_has_the_real_architecture():
-    from anyword.diffusion.presets import _sd15_configs
+    from anyword.diffusion.loading import _sd15_configs
 
     configs = _sd15_configs()
     assert configs["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
@@ -294,10 +294,10 @@ def test_sd15_random_has_the_real_architecture():
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ModelUnavailableError, match="model folder not found"):
-        load_backbone(model=str(tmp_path / "nowhere"))
+        load_pretrained(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelUnavailableError, match="incomplete or not a diffusers"):
-        load_backbone(model=str(tmp_path / "empty"), device="cpu")
+        load_pretrained(str(tmp_path / "empty"), device="cpu")
 
 
 def test_default_preset_offline_exits_2_without_traceback(tmp_path):

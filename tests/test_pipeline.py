@@ -10,8 +10,9 @@ import pytest
 
 from anyword.diffusion import DiffusionSettings, LearningSettings
 from anyword.images import load_image
-from anyword.pipeline import PipelineSettings, SegmentAnyword
+from anyword.pipeline import SegmentAnyword
 from anyword.prompts import PromptSettings
+from anyword.settings import Overrides, PipelineSettings, apply_overrides
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PHOTO = ASSETS / "chelsea.png"  # 451 x 300, a real non-square photo
@@ -57,13 +58,15 @@ def test_point_edits_rerun_only_the_segmenter(pipeline, first, monkeypatch):
         raise AssertionError("diffusion ran for a point edit")
 
     monkeypatch.setattr(module, "extract_attention", no_diffusion)
+    analysis = pipeline.analyze(load_image(PHOTO), pipeline.parse(CAPTION))  # what a session keeps
+    assert analysis.attention_cached and analysis.sampled.points == first.prompts.points
     before = dict(pipeline.counters)
     edited = first.prompts.clear(0).add_point(0, 400.0, 250.0, 1)
-    again = pipeline.run(PHOTO, CAPTION, prompts=edited)
+    again = pipeline.run(PHOTO, CAPTION, prompts=edited, analysis=analysis)
     assert again.attention_cached and again.attention is first.attention
     assert pipeline.counters["unet_calls"] == before["unet_calls"]
     assert pipeline.counters["attention"] == before["attention"]
-    assert pipeline.counters["embed"] == before["embed"]  # SAM's image embedding is reused
+    assert pipeline.counters["embed"] == before["embed"]  # SAM's image embedding is the analysis'
     assert pipeline.counters["decode"] == before["decode"] + 3
     assert "attention_learn_s" not in again.timings
     assert not np.array_equal(again.masks[0], first.masks[0])
@@ -80,11 +83,40 @@ def test_new_caption_or_image_recomputes_what_depends_on_it(pipeline, first):
     before = dict(pipeline.counters)
     pipeline.run(PHOTO, "a cat with a pink nose")
     assert pipeline.counters["attention"] == before["attention"] + 1
-    assert pipeline.counters["embed"] == before["embed"]  # same image: same SAM embedding
+    pipeline.run(PHOTO, "a cat with a pink nose")  # cached attention
+    assert pipeline.counters["attention"] == before["attention"] + 1
     flipped = load_image(PHOTO)[:, ::-1].copy()
     pipeline.run(flipped, "a cat with a pink nose")
     assert pipeline.counters["attention"] == before["attention"] + 2
-    assert pipeline.counters["embed"] == before["embed"] + 1
+    # Without an analysis passed in, each run embeds its image once (the caller keeps analyses, not the pipeline).
+    assert pipeline.counters["embed"] == before["embed"] + 3
+
+
+def test_each_image_is_hashed_once_per_run(pipeline, monkeypatch):
+    import anyword.diffusion.extract as extract
+    import anyword.pipeline as module
+
+    calls = []
+    original = module.image_digest
+
+    def counting(image):
+        calls.append(image.shape)
+        return original(image)
+
+    monkeypatch.setattr(module, "image_digest", counting)
+    monkeypatch.setattr(extract, "image_digest", counting)
+    pipeline.run(load_image(PHOTO)[:, :400].copy(), "a cat with a pink nose")  # new image: attention computed
+    assert calls == [(300, 400, 3)]
+
+
+def test_result_settings_are_the_ones_its_parts_were_made_with(pipeline):
+    custom = apply_overrides(QUICK, Overrides(learning_steps=1, seed=7, threshold=0.6))
+    result = pipeline.run(PHOTO, "a cat with a pink nose", settings=custom)
+    assert result.settings.diffusion == result.attention.settings == custom.diffusion
+    assert result.settings.prompts == result.prompts.settings == custom.prompts
+    data = result.to_dict()["settings"]
+    assert data["diffusion"]["learning"]["steps"] == 1 and data["diffusion"]["seed"] == 7
+    assert data["prompts"]["seed"] == 7 and data["prompts"]["threshold"] == 0.6
 
 
 def test_same_seed_same_points_and_masks(nlp, first):
@@ -95,7 +127,7 @@ def test_same_seed_same_points_and_masks(nlp, first):
     assert again.prompts.points == first.prompts.points
     for cid in first.masks:
         np.testing.assert_array_equal(again.masks[cid], first.masks[cid])
-    other = fresh.run(PHOTO, CAPTION, settings=QUICK.with_seed(7))
+    other = fresh.run(PHOTO, CAPTION, settings=apply_overrides(QUICK, Overrides(seed=7)))
     assert other.prompts.points != first.prompts.points
 
 
@@ -135,5 +167,5 @@ def test_learned_embeddings_are_saved_and_reused(nlp, tmp_path):
     assert second.counters["unet_calls"] == 2 * steps  # inversion + denoising only: no prompt learning
     assert first.counters["unet_calls"] == 2 * steps + QUICK.diffusion.learning.steps
     np.testing.assert_allclose(again.attention.maps.token_grids, result.attention.maps.token_grids, atol=1e-6)
-    second.run(PHOTO, "a cat with a pink nose", settings=QUICK.with_seed(5))  # another key: learns and saves
+    second.run(PHOTO, "a cat with a pink nose", settings=apply_overrides(QUICK, Overrides(seed=5)))  # learns, saves
     assert len(list(tmp_path.iterdir())) == 2

@@ -11,7 +11,6 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from anyword.export import check_output_folder, replace_folder
 from anyword.images import load_image
 from anyword.parsing import SpacyParser, normalize_caption
 from anyword.parsing.llm_access import EndpointRefused, LLMAccess, check_public_url
-from anyword.pipeline import PipelineSettings
 from anyword.seeds import MAX_SEED, check_seed
 from demo import handlers as h
 from demo.exports import ExportStore
@@ -230,7 +228,7 @@ def test_out_of_range_seeds_are_refused_by_name(seed):
     with pytest.raises(SettingsError, match=f"from 0 to {MAX_SEED}"):
         check_seed(seed)
     with pytest.raises(AnywordError, match="seed"):
-        h.run_settings(SimpleNamespace(settings=PipelineSettings()), h.QUALITY_PRESET, None, seed, 0.7, True, True)
+        h.page_overrides(h.QUALITY_PRESET, None, seed)
 
 
 # --- 6, 7: downloads and sessions -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from anyword.downloads import Checkpoint, fetch
 from anyword.errors import ModelUnavailableError
-from anyword.segment import MaskRequest, PlainSegmenter, make_segmenter
+from anyword.segment import TINY, MaskRequest, PlainSegmenter, make_segmenter
 from anyword.segment.sam import SAM_CHECKPOINTS, SamSegmenter
 
 
@@ -92,7 +92,7 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 
 def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
-    segmenter = make_segmenter("sam", sam_model="tiny", device="cpu")
+    segmenter = make_segmenter("sam", weights=TINY, device="cpu")
     assert segmenter.name == "sam-tiny" and segmenter.random_weights
     rng = np.random.default_rng(0)
     image = (rng.random((70, 130, 3)) * 255).astype(np.uint8)
@@ -112,6 +112,53 @@ def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
     assert not np.array_equal(segmenter.segment(embedding, moved).mask, first.mask)  # prompts matter
     only_negative = MaskRequest(points=request.points[1:], labels=request.labels[1:], heatmap=request.heatmap)
     assert not segmenter.segment(embedding, only_negative).mask.any()
+
+
+@pytest.mark.parametrize("name", ["sam2", "sam-hq"])
+def test_transformers_segmenters_embed_once_and_decode_at_the_image_size(name):
+    segmenter = make_segmenter(name, weights=TINY, device="cpu")
+    assert segmenter.name == f"{name}-tiny-random" and segmenter.random_weights
+    image = (np.random.default_rng(1).random((70, 130, 3)) * 255).astype(np.uint8)
+    embedding = segmenter.embed(image)
+    assert embedding.original_size == (70, 130) and all(f.device.type == "cpu" for f in embedding.features)
+    request = MaskRequest(
+        points=np.array([[100.0, 20.0], [10.0, 60.0]], dtype=np.float32),
+        labels=np.array([1, 0], dtype=np.int32),
+        heatmap=np.zeros((70, 130), np.float32),
+    )
+    first = segmenter.segment(embedding, request)
+    assert first.mask.shape == (70, 130) and first.mask.dtype == bool and 0.0 <= first.score <= 1.0
+    assert np.array_equal(segmenter.segment(embedding, request).mask, first.mask)
+    only_negative = MaskRequest(points=request.points[1:], labels=request.labels[1:], heatmap=request.heatmap)
+    assert not segmenter.segment(embedding, only_negative).mask.any()
+
+
+@pytest.mark.parametrize("name", ["sam2", "sam-hq"])
+@pytest.mark.parametrize("point", [(120.0, 8.0), (6.0, 64.0), (65.0, 35.0)])
+def test_transformers_segmenters_map_points_and_masks_back_to_the_original_pixels(name, point):
+    """A decoder that lights up exactly the low-resolution cell under the prompt it receives: the final mask must
+    hold the original point (points go image -> encoder input, masks come back; SAM-HQ pads, SAM 2.1 stretches)."""
+    segmenter = make_segmenter(name, weights=TINY, device="cpu")
+    image = np.zeros((70, 130, 3), np.uint8)
+    embedding = segmenter.embed(image)
+    side = 128  # the tiny models' square input
+
+    def decode(features, points, labels):
+        low = torch.full((1, 1, 3, 32, 32), -10.0)
+        x, y = (points[0, 0, 0] * 32 / side).long().clamp(0, 31).tolist()
+        low[..., y, x] = 10.0
+        return low, torch.tensor([[[0.9, 0.1, 0.1]]])
+
+    segmenter.decode = decode
+    request = MaskRequest(
+        points=np.array([point], np.float32), labels=np.array([1], np.int32), heatmap=np.zeros((70, 130), np.float32)
+    )
+    mask = segmenter.segment(embedding, request).mask
+    assert mask.shape == (70, 130) and 0 < mask.sum() < 0.02 * mask.size  # one low-resolution cell's worth
+    ys, xs = np.nonzero(mask)
+    # The cell under the point comes back around it (within a cell's size in original pixels, ~4 px here).
+    assert np.hypot(xs - point[0], ys - point[1]).min() <= 1.5
+    assert np.hypot(xs.mean() - point[0], ys.mean() - point[1]) <= 4.0
 
 
 def test_plain_segmenter_thresholds_the_map():

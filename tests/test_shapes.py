@@ -63,7 +63,7 @@ def test_same_colour_scenes_tell_shapes_apart_by_noun_only():
 
 
 def test_training_writes_loadable_weights_and_resumes(tmp_path):
-    from anyword.shapes.model import build_models, load_shapes_backbone
+    from anyword.diffusion.shapes_model import build_models, load_shapes_backbone
     from anyword.shapes.train import sharpen_cross_attention, train
 
     settings = {
@@ -280,9 +280,9 @@ def test_grabcut_segments_a_shape_from_one_point():
 
 @pytest.fixture(scope="module")
 def shapes_backbone():
-    from anyword.diffusion import load_backbone
+    from anyword.presets import get_preset
 
-    return load_backbone("shapes", device="cpu")
+    return get_preset("shapes").load(device="cpu")
 
 
 def test_shipped_model_loads_offline(shapes_backbone):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,8 +30,6 @@ class Backbone:
         device, dtype: where and in which precision the models run.
         random_weights: True for presets built from configs with random weights (outputs mean nothing).
         source: where the weights came from (hub id, folder, "random").
-        defaults: settings this model works best with (e.g. ``attention_resolutions``), applied by the pipeline
-            unless the caller overrides them.
     """
 
     name: str
@@ -45,7 +43,6 @@ class Backbone:
     dtype: torch.dtype
     random_weights: bool = False
     source: str = ""
-    defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for module in self.modules():
@@ -65,10 +62,6 @@ class Backbone:
         if self.vae is None:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        return self.resolution // self.latent_factor
 
     @property
     def description(self) -> str:

@@ -19,7 +19,6 @@ from anyword.diffusion.attention import AttentionMaps, record_cross_attention
 from anyword.diffusion.backbone import Backbone
 from anyword.diffusion.inversion import ddim_denoise, ddim_invert, make_schedule
 from anyword.diffusion.prompt_learning import (
-    FAST_STEPS,
     LearnedEmbeddings,
     LearningSettings,
     embedding_key,
@@ -40,7 +39,7 @@ class DiffusionSettings:
     Attributes:
         inversion_steps: DDIM steps for inversion and denoising (50).
         direct_inversion: add the inversion/denoising gap at each step (Ju et al. 2024).
-        learning: prompt-learning settings (1100 steps in the paper, 50 in its fast variant, 0 to skip).
+        learning: prompt-learning settings (1100 steps in the paper, 0 to skip).
         attention_resolutions: query-grid sides whose cross-attention is averaged (16 = SD1.x's 16x16 layers;
             add 32/64 for small objects).
         attention_timesteps: ``(low, high)``: average only denoising steps with ``low <= t <= high`` (None: all).
@@ -59,12 +58,6 @@ class DiffusionSettings:
     def __post_init__(self):
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be from 0 to {MAX_SEED}, got {self.seed}")
-
-    @classmethod
-    def fast(cls, **overrides) -> DiffusionSettings:
-        """The paper's fast variant: 50 prompt-learning steps."""
-        learning = overrides.pop("learning", LearningSettings(steps=FAST_STEPS))
-        return cls(learning=learning, **overrides)
 
 
 @dataclass
@@ -90,9 +83,11 @@ def extract_attention(
     embeddings: LearnedEmbeddings | None = None,
     progress: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    digest: str | None = None,
 ) -> AttentionResult:
     """Run Algorithm 1 on ``image`` (``(H, W, 3)`` uint8) for the concepts in ``alignment``.
 
+    ``digest``: the image's :func:`~anyword.images.image_digest` if the caller has it (hashed here otherwise).
     ``embeddings`` reuses vectors learned earlier for the same image and caption (their key must match).
     ``on_stage(name)`` is called as each stage starts ("encode", "learn", "invert", "denoise").
     """
@@ -109,7 +104,7 @@ def extract_attention(
         return backbone.unet_forward(latents, timestep, text_states)
 
     frame = ImageFrame(width=image.shape[1], height=image.shape[0], size=backbone.resolution, mode=settings.resize)
-    key = learned_embeddings_key(backbone, image, alignment, settings)
+    key = learned_embeddings_key(backbone, digest or image_digest(image), alignment, settings)
     with stage("encode"):
         latents = backbone.encode_image(frame.to_model(image))
     with stage("learn"):
@@ -161,12 +156,12 @@ def extract_attention(
 
 
 def learned_embeddings_key(
-    backbone: Backbone, image: np.ndarray, alignment: TokenAlignment, settings: DiffusionSettings
+    backbone: Backbone, image_digest: str, alignment: TokenAlignment, settings: DiffusionSettings
 ) -> str:
     """What learned embeddings depend on: the image, the caption and its concept tokens, the model, the learning
     settings, the seed and the resize policy. Saved embeddings are found (and checked) by this key."""
     return embedding_key(
-        image_digest(image),
+        image_digest,
         alignment.caption,
         [list(s.positions) for s in embedding_slots(alignment)],
         backbone.name,

@@ -20,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from anyword.errors import AnywordError
+from anyword.steps import PAPER_LEARNING_STEPS, SHORT_LEARNING_STEPS
 from anyword.tokens import TokenAlignment
 
 logger = logging.getLogger(__name__)
 
-PAPER_STEPS = 1100
-FAST_STEPS = 50
+PAPER_STEPS = PAPER_LEARNING_STEPS
+SHORT_STEPS = SHORT_LEARNING_STEPS
 FORMAT = "anyword-learned-embeddings-v1"
 
 

@@ -89,11 +89,6 @@ class Concept:
     mentions: tuple[Mention, ...]
     kind: str = OBJECT
 
-    @property
-    def label(self) -> str:
-        """Short, unique-enough label for files and legends: the phrase."""
-        return self.phrase
-
     def adjective_spans(self) -> dict[str, list[Span]]:
         """Every occurrence of each bound adjective, keyed by the adjective as listed in :attr:`adjectives`."""
         spans: dict[str, list[Span]] = {adjective: [] for adjective in self.adjectives}

@@ -80,3 +80,8 @@ def _components_at(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
 def _parts_with_points(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
     kept = _components_at(mask, points)
     return kept if kept.any() else mask
+
+
+def load(model, weights, checkpoint, device, seed) -> GrabCutSegmenter:
+    """Registry entry point (:mod:`anyword.segment`): weight-free."""
+    return GrabCutSegmenter()

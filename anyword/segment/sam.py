@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anyword.downloads import Checkpoint, fetch
+from anyword.devices import pick_device
+from anyword.downloads import Availability, Checkpoint, checkpoint_availability, fetch
 from anyword.errors import ModelUnavailableError
 from anyword.segment.base import MaskPrediction, MaskRequest, empty_prediction
 
@@ -43,7 +44,6 @@ SAM_CHECKPOINTS = {
         "sam",
     ),
 }
-SAM_MODELS = (*SAM_CHECKPOINTS, "tiny")
 
 
 @dataclass
@@ -86,22 +86,20 @@ class SamSegmenter:
         checkpoint: str | Path | None = None,
         device: str | None = None,
         multimask: bool = True,
-        random_weights: bool = False,
+        weights: str = "pretrained",
         seed: int = 0,
     ) -> SamSegmenter:
-        """Build SAM ``model_type`` ("vit_h", "vit_l", "vit_b", or "tiny": random weights for tests) with the
-        official checkpoint (fetched and verified on first use) or a local ``checkpoint`` file.
-        ``random_weights=True`` skips the checkpoint (seeded random weights: for timing the real size only)."""
-        from anyword.diffusion.presets import pick_device
-
+        """Build SAM ``model_type`` ("vit_h", "vit_l", "vit_b") with the official checkpoint (fetched and verified
+        on first use) or a local ``checkpoint`` file. ``weights="random"``: full size with seeded random weights
+        (timing only); ``"tiny"``: SAM's classes at toy size with random weights (tests)."""
         torch_device = pick_device(device)
-        if model_type == "tiny":
+        if weights == "tiny":
             return cls(build_tiny_sam(seed), "tiny", torch_device, multimask, random_weights=True)
         if model_type not in SAM_CHECKPOINTS:
-            raise ValueError(f"unknown SAM model {model_type!r}: choose one of {', '.join(SAM_MODELS)}")
+            raise ValueError(f"unknown SAM model {model_type!r}: choose one of {', '.join(SAM_CHECKPOINTS)}")
         from segment_anything import sam_model_registry
 
-        if random_weights:
+        if weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 sam = sam_model_registry[model_type](checkpoint=None)
@@ -151,6 +149,15 @@ class SamSegmenter:
         logits = self.sam.postprocess_masks(low_res[:, best : best + 1], embedding.input_size, embedding.original_size)
         mask = (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
         return MaskPrediction(mask=mask, score=float(iou[0, best].clamp(0, 1)))
+
+
+def load(model: str, weights: str, checkpoint: str | None, device: str | None, seed: int) -> SamSegmenter:
+    """Registry entry point (:mod:`anyword.segment`)."""
+    return SamSegmenter.load(model, checkpoint, device=device, weights=weights, seed=seed)
+
+
+def availability(model: str) -> Availability:
+    return checkpoint_availability(SAM_CHECKPOINTS[model])
 
 
 def build_tiny_sam(seed: int = 0):

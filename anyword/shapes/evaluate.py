@@ -25,10 +25,14 @@ from anyword.metrics import (
 )
 from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
 
+SHAPES_PRESET = "shapes"  # the preset whose model was trained on these scenes
+PROMPTABLE = "promptable"  # the pipeline's segmenter (GrabCut by default in the shapes world; --segmenter picks)
+
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the ablation: which segmenter, and whether prompt learning, R1 and R2 are on."""
+    """One row of the ablation: "plain" (the thresholded map) or the pipeline's promptable segmenter, and whether
+    prompt learning, R1 and R2 are on."""
 
     segmenter: str
     learning: bool
@@ -36,14 +40,14 @@ class Variant:
     r2: bool
 
 
-# Mirrors the paper's Table 6 (w/SAM -> a promptable segmenter; here the weight-free GrabCut).
+# Mirrors the paper's Table 6 (w/SAM -> a promptable segmenter; by default here the weight-free GrabCut).
 ABLATION = {
     "plain": Variant("plain", learning=False, r1=False, r2=False),
-    "segmenter": Variant("grabcut", learning=False, r1=False, r2=False),
-    "pl": Variant("grabcut", learning=True, r1=False, r2=False),
-    "pl_r1": Variant("grabcut", learning=True, r1=True, r2=False),
-    "pl_r2": Variant("grabcut", learning=True, r1=False, r2=True),
-    "full": Variant("grabcut", learning=True, r1=True, r2=True),
+    "segmenter": Variant(PROMPTABLE, learning=False, r1=False, r2=False),
+    "pl": Variant(PROMPTABLE, learning=True, r1=False, r2=False),
+    "pl_r1": Variant(PROMPTABLE, learning=True, r1=True, r2=False),
+    "pl_r2": Variant(PROMPTABLE, learning=True, r1=False, r2=True),
+    "full": Variant(PROMPTABLE, learning=True, r1=True, r2=True),
 }
 
 
@@ -73,16 +77,16 @@ def evaluate(
 
     The diffusion stage runs at most twice per image (with and without prompt learning); the variants share it.
     """
-    from anyword.diffusion import LearningSettings
     from anyword.pipeline import SegmentAnyword
     from anyword.segment import PlainSegmenter
+    from anyword.settings import Overrides, apply_overrides
 
     variants = variants or {"full": ABLATION["full"]}
-    pipeline = pipeline or SegmentAnyword("shapes", segmenter="grabcut")
-    segmenters = {"grabcut": pipeline.segmenter, "plain": PlainSegmenter()}
+    pipeline = pipeline or SegmentAnyword(SHAPES_PRESET)
+    segmenters = {PROMPTABLE: pipeline.segmenter, "plain": PlainSegmenter()}
+    used = {variant.segmenter for variant in variants.values()}
     base = pipeline.settings
-    # Without learning the other learning settings do not matter: one canonical value keeps the cache shared.
-    no_learning = dataclasses.replace(base.diffusion, learning=LearningSettings(steps=0))
+    no_learning = apply_overrides(base, Overrides(learning_steps=0)).diffusion
 
     per_variant: dict[str, dict] = {name: {"images": [], "pairs": [], "seconds": []} for name in variants}
     parsed = found = 0
@@ -98,13 +102,21 @@ def evaluate(
             started = time.perf_counter()
             settings = base.diffusion if learning else no_learning
             attention[learning] = (pipeline.attend(image, parse, settings)[0], time.perf_counter() - started)
+        embeddings = {role: pipeline.embed(image, segmenters[role]) for role in sorted(used)}  # once per image
         for name, variant in variants.items():
             result, attention_s = attention[variant.learning]
             started = time.perf_counter()
             prompts = pipeline.sample_prompts(
                 result, parse, dataclasses.replace(base.prompts, r1=variant.r1, r2=variant.r2)
             )
-            predicted, _ = pipeline.segment(image, parse, result, prompts, segmenter=segmenters[variant.segmenter])
+            predicted, _ = pipeline.segment(
+                image,
+                parse,
+                result,
+                prompts,
+                embedding=embeddings[variant.segmenter],
+                segmenter=segmenters[variant.segmenter],
+            )
             seconds = attention_s + time.perf_counter() - started
             record = per_variant[name]
             record["seconds"].append(seconds)
@@ -124,8 +136,11 @@ def evaluate(
     rows = {}
     for name, record in per_variant.items():
         pairs = record["pairs"]
+        variant = variants[name]
+        segmenter = "plain" if variant.segmenter == "plain" else pipeline.segmenter.name
         rows[name] = {
-            **dataclasses.asdict(variants[name]),
+            **dataclasses.asdict(variant),
+            "segmenter": segmenter,
             "miou": grandf_miou(record["images"]),
             "ciou": cumulative_iou(pairs),
             "giou": generalized_iou(pairs),
@@ -189,10 +204,11 @@ def localization(
 
     Uses the ground-truth phrases as concepts (no parser) and no prompt learning: the model's attention alone.
     """
-    from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention, load_backbone
+    from anyword.diffusion import DiffusionSettings, LearningSettings, extract_attention
+    from anyword.presets import get_preset
     from anyword.tokens import align_tokens
 
-    backbone = backbone or load_backbone("shapes")
+    backbone = backbone or get_preset(SHAPES_PRESET).load()
     settings = DiffusionSettings(
         learning=LearningSettings(steps=0), attention_resolutions=tuple(resolutions), attention_timesteps=timesteps
     )

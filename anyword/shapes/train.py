@@ -25,7 +25,7 @@ import torch
 
 from anyword.diffusion.attention import RecordingCrossAttnProcessor, cross_attention_layers
 from anyword.diffusion.prompt_learning import training_target
-from anyword.shapes.model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
+from anyword.diffusion.shapes_model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
 from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
 from anyword.tokens import align_tokens
 

@@ -1,5 +1,6 @@
-"""Backbone presets and loading: pretrained Stable Diffusion v1.x (hub id or local folder), and random-weight
-models built from configs for tests (``tiny``) and for timing the real architecture (``sd15-random``).
+"""Backbone loading: pretrained Stable Diffusion v1.x (hub id or local folder), and random-weight models built from
+configs for tests (``tiny``) and for timing the real architecture (``sd15-random``). Which preset uses which
+loader is declared once, in :mod:`anyword.presets`.
 
 Pretrained weights load from the Hugging Face cache, downloading only the safetensors the pipeline needs (UNet,
 VAE, text encoder, tokenizer, scheduler; no safety checker). Offline (``HF_HUB_OFFLINE=1`` or no network) and not
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from anyword.devices import pick_device, pick_dtype
 from anyword.diffusion.backbone import Backbone
-from anyword.downloads import reachable
+from anyword.downloads import Availability, reachable
 from anyword.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -41,44 +42,6 @@ _CONFIGS = [
     "scheduler/scheduler_config.json",
     "tokenizer/*",
 ]
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named backbone: ``kind`` is "pretrained" (hub id or folder in ``model``), "tiny", "sd15-random" or
-    "shapes"; ``defaults`` are the settings it is meant to run with."""
-
-    name: str
-    kind: str
-    description: str
-    model: str = ""
-    resolution: int = 512
-    defaults: dict = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in [
-        Preset(
-            "sd15",
-            "pretrained",
-            "Stable Diffusion v1.5 (the paper's backbone)",
-            model="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        ),
-        Preset("sd14", "pretrained", "Stable Diffusion v1.4", model="CompVis/stable-diffusion-v1-4"),
-        Preset(
-            "sd15-random", "sd15-random", "full SD 1.5 architecture with random weights: for timing and memory only"
-        ),
-        Preset(
-            "tiny",
-            "tiny",
-            "tiny random-weight model with the real CLIP tokenizer: tests and offline smoke runs",
-            resolution=64,
-            defaults={"learning_steps": 10, "inversion_steps": 25},
-        ),
-    ]
-}
-DEFAULT_PRESET = "sd15"
 
 
 def clip_text_config(hidden_size: int, intermediate_size: int, layers: int, heads: int) -> dict:
@@ -115,71 +78,27 @@ def packaged_config_dir(name: str) -> Path:
     return Path(str(resources.files("anyword") / "data" / name))
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA, else Apple MPS, else CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+# --- random-weight models ------------------------------------------------------------------------------------
 
 
-def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """fp16 on CUDA, fp32 elsewhere; ``dtype`` ("fp16", "bf16", "fp32" or a torch dtype) overrides."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-    }
-    if dtype is not None:
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}: choose fp16, bf16 or fp32")
-        return names[dtype]
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
-def load_backbone(
-    preset: str = DEFAULT_PRESET,
-    *,
-    model: str | None = None,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    seed: int = 0,
+def load_pretrained(
+    model: str, *, name: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None
 ) -> Backbone:
-    """Build the backbone of a preset, or of ``model`` (hub id or local diffusers folder) if given.
-
-    Random-weight presets are seeded with ``seed`` so every run builds the same model.
-    """
+    """Stable Diffusion v1.x from hub id or local diffusers folder ``model`` (reported as ``name``)."""
     torch_device = pick_device(device)
-    torch_dtype = pick_dtype(torch_device, dtype)
-    if model is not None:
-        spec = Preset(name=model, kind="pretrained", description=model, model=model)
-    elif preset in PRESETS:
-        spec = PRESETS[preset]
-    elif preset == "shapes":
-        from anyword.shapes.model import load_shapes_backbone
-
-        return load_shapes_backbone(device=torch_device, dtype=torch_dtype)
-    else:
-        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join([*PRESETS, 'shapes'])}")
-    if spec.kind == "pretrained":
-        backbone = _load_pretrained(spec, torch_device, torch_dtype)
-    elif spec.kind == "tiny":
-        backbone = _build_random(spec, _tiny_configs(), torch_device, torch_dtype, seed)
-    else:
-        backbone = _build_random(spec, _sd15_configs(), torch_device, torch_dtype, seed)
+    backbone = _load_pretrained(name or model, model, torch_device, pick_dtype(torch_device, dtype))
     logger.info("loaded %s", backbone.description)
     return backbone
 
 
-# --- random-weight models ------------------------------------------------------------------------------------
+def build_tiny(*, device: str | None = None, dtype: str | torch.dtype | None = None, seed: int = 0) -> Backbone:
+    """A tiny random-weight model with Stable Diffusion's classes and CLIP tokenizer (64 px input)."""
+    return _build_random("tiny", _tiny_configs(), 64, device, dtype, seed)
+
+
+def build_sd15_random(*, device: str | None = None, dtype: str | torch.dtype | None = None, seed: int = 0) -> Backbone:
+    """The full SD 1.5 architecture with seeded random weights: for timing and memory only."""
+    return _build_random("sd15-random", _sd15_configs(), 512, device, dtype, seed)
 
 
 def _tiny_configs() -> dict:
@@ -227,7 +146,9 @@ def _sd15_configs() -> dict:
     return configs
 
 
-def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torch.dtype, seed: int) -> Backbone:
+def _build_random(
+    name: str, configs: dict, resolution: int, device: str | None, dtype: str | torch.dtype | None, seed: int
+) -> Backbone:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -236,6 +157,8 @@ def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torc
     def clean(config: dict) -> dict:
         return {k: v for k, v in config.items() if not k.startswith("_")}
 
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
     # Seed without touching the caller's global RNG state; build on the target device (fast for 1B parameters).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -246,31 +169,32 @@ def _build_random(spec: Preset, configs: dict, device: torch.device, dtype: torc
             text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     scheduler = DDIMScheduler.from_config({**clean(configs["scheduler"]), **DDIM_OVERRIDES})
     cast_modules((unet, vae, text_encoder), device, dtype)
-    return Backbone(
-        name=spec.name,
+    backbone = Backbone(
+        name=name,
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=load_tokenizer(configs["tokenizer"]),
         scheduler=scheduler,
         vae=vae,
-        resolution=spec.resolution,
+        resolution=resolution,
         device=device,
         dtype=dtype,
         random_weights=True,
         source=f"random weights (seed {seed})",
-        defaults=dict(spec.defaults),
     )
+    logger.info("loaded %s", backbone.description)
+    return backbone
 
 
 # --- pretrained models ---------------------------------------------------------------------------------------
 
 
-def _load_pretrained(spec: Preset, device: torch.device, dtype: torch.dtype) -> Backbone:
+def _load_pretrained(name: str, model: str, device: torch.device, dtype: torch.dtype) -> Backbone:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     variant = "fp16" if dtype == torch.float16 else None
-    root, variant = resolve_model_files(spec.model, variant)
+    root, variant = resolve_model_files(model, variant)
     try:
         unet = UNet2DConditionModel.from_pretrained(
             root, subfolder="unet", torch_dtype=dtype, variant=variant, use_safetensors=True
@@ -285,7 +209,7 @@ def _load_pretrained(spec: Preset, device: torch.device, dtype: torch.dtype) -> 
         scheduler_config = DDIMScheduler.load_config(root, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(
-            f"'{spec.model}' at {root} is incomplete or not a diffusers Stable Diffusion folder "
+            f"'{model}' at {root} is incomplete or not a diffusers Stable Diffusion folder "
             f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/ with safetensors weights): {error}"
         ) from None
     scheduler = DDIMScheduler.from_config({**scheduler_config, **DDIM_OVERRIDES})
@@ -295,7 +219,7 @@ def _load_pretrained(spec: Preset, device: torch.device, dtype: torch.dtype) -> 
     sample = unet.config.sample_size
     resolution = (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae.config.block_out_channels) - 1)
     return Backbone(
-        name=spec.name,
+        name=name,
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -305,8 +229,7 @@ def _load_pretrained(spec: Preset, device: torch.device, dtype: torch.dtype) -> 
         device=device,
         dtype=dtype,
         random_weights=False,
-        source=str(spec.model),
-        defaults=dict(spec.defaults),
+        source=str(model),
     )
 
 
@@ -354,14 +277,23 @@ def _how_to_get(model: str) -> str:
     )
 
 
-def hub_unavailable_reason(model: str, variant: str | None = None) -> str | None:
-    """Why hub model ``model`` cannot be loaded here (not cached and no way to download it), or ``None``.
+def sd_availability(model: str) -> Availability:
+    """Whether Stable Diffusion ``model`` (hub id or local folder) can load here: found in a folder or the Hugging
+    Face cache, downloadable, or missing (with the reason). Fast: looks at the cache, ``HF_HUB_OFFLINE`` and
+    whether the hub answers within seconds; downloads nothing."""
+    from huggingface_hub import constants
 
-    Fast: looks at the cache, ``HF_HUB_OFFLINE`` and whether the hub answers within seconds; downloads nothing.
-    """
-    if _cached_snapshot(model, variant) is not None:
-        return None
-    return _download_unavailable_reason(model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if _has_weights(path, "fp16") or _has_weights(path, None):
+            return Availability("local", str(path))
+        return Availability("missing", str(path), f"{path} holds no diffusers Stable Diffusion safetensors")
+    for variant in ("fp16", None):
+        cached = _cached_snapshot(model, variant)
+        if cached is not None:
+            return Availability("cached", cached[0])
+    reason = _download_unavailable_reason(model)
+    return Availability("missing" if reason else "downloadable", constants.HF_HUB_CACHE, reason)
 
 
 def _download_unavailable_reason(model: str) -> str | None:

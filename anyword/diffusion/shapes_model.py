@@ -1,4 +1,5 @@
-"""The ``shapes`` preset: a tiny text-to-image diffusion model trained in this repository on synthetic scenes.
+"""The ``shapes`` backbone: a tiny text-to-image diffusion model trained in this repository on synthetic scenes
+(:mod:`anyword.shapes` renders them and trains it; this module only defines and loads the model).
 
 Same component classes as Stable Diffusion (diffusers ``UNet2DConditionModel`` with cross-attention, DDIM, a
 transformers ``CLIPTextModel`` with the real CLIP tokenizer), except that it works in pixel space: there is no VAE,
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from anyword.diffusion.presets import cast_modules, clip_text_config
+from anyword.devices import pick_device, pick_dtype
+from anyword.diffusion.loading import cast_modules, clip_text_config
 from anyword.errors import ModelUnavailableError
 
 RESOLUTION = 64
@@ -46,19 +48,6 @@ SCHEDULER_CONFIG = {
     "set_alpha_to_one": False,
     "steps_offset": 1,
 }
-# Settings this model works best with, chosen on validation scenes only (never the test scenes 0-99; see
-# docs/benchmarks.md): its cross-attention localises best at small t and on both the 16x16 and 32x32 grids
-# (held-out training-split scenes); prompt learning saturates after ~30 steps of batch 4 over all timesteps, and
-# adjective points that follow their noun's map help GrabCut (novel-split scenes 10000-10019).
-SHAPES_DEFAULTS = {
-    "attention_resolutions": (16, 32),
-    "attention_timesteps": (0, 400),
-    "learning_steps": 30,
-    "learning_batch": 4,
-    "learning_timesteps": None,
-    "inversion_steps": 50,
-    "adjective_region": "noun_support",
-}
 WEIGHT_FILES = ("unet.safetensors", "text_encoder.safetensors", "model.json")
 
 
@@ -85,9 +74,14 @@ def make_scheduler():
 
 
 def load_shapes_backbone(
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: str | Path | None = None
+    *,
+    device: torch.device | str | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+    folder: str | Path | None = None,
 ):
-    """The trained shapes model from the package's safetensors (no network)."""
+    """The trained shapes model from the package's safetensors (no network; ``seed`` is unused: trained weights).
+    ``dtype`` defaults to fp32 (the model is small and was trained in fp32)."""
     from safetensors.torch import load_file
 
     from anyword.diffusion.backbone import Backbone
@@ -104,7 +98,8 @@ def load_shapes_backbone(
     unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet.safetensors")).items()})
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
     info = json.loads((folder / "model.json").read_text())
-    device = torch.device(device)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype or torch.float32)
     cast_modules((unet, text_encoder), device, dtype)
     return Backbone(
         name="shapes",
@@ -118,5 +113,4 @@ def load_shapes_backbone(
         dtype=dtype,
         random_weights=False,
         source=f"anyword/data/shapes (trained {info.get('steps', '?')} steps, seed {info.get('seed', '?')})",
-        defaults=dict(SHAPES_DEFAULTS),
     )

@@ -1,0 +1,243 @@
+"""The one preset registry: every named model setup, what it loads, what it segments with, the settings it runs
+with, whether its weights are random, and whether they are available here. The CLI, the demo, the pipeline,
+evaluation and benchmarks all read :data:`PRESETS`; nothing else matches preset names.
+
+Adding a backbone is one loader (``anyword/diffusion/``) plus one :class:`Preset` entry here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from anyword.downloads import Availability
+from anyword.errors import AnywordError
+from anyword.segment import PRETRAINED, RANDOM, TINY, segmenter_spec
+from anyword.settings import Overrides
+
+if TYPE_CHECKING:
+    from anyword.diffusion import Backbone
+    from anyword.settings import PipelineSettings
+
+DEFAULT_PRESET = "sd15"  # the paper's setup
+TEST_PRESET = "tiny"  # what tests and benchmarks build when told nothing
+OFFLINE_PRESET = "shapes"  # the demo's start when the default's weights are unavailable (real maps, no download)
+
+
+@dataclass(frozen=True)
+class CpuCost:
+    """What one batch-8 prompt-learning step costs on a CPU (measured: ``anyword bench`` on ``threads`` threads)."""
+
+    step_s: float
+    peak_gb: float
+    threads: int
+
+    def describe(self, steps: int) -> str:
+        total_h = self.step_s * steps / 3600
+        return (
+            f"without a GPU one prompt-learning step takes about {self.step_s:.0f} s here ({self.threads} CPU "
+            f"threads, {self.peak_gb:.0f} GB peak), so {steps} steps would take about "
+            + (f"{total_h / 24:.1f} days" if total_h >= 48 else f"{total_h:.1f} hours")
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named setup.
+
+    Attributes:
+        name, description: what users pick and read.
+        backbone_id: the diffusion weights it uses (hub id, or how it is built).
+        load: ``load(device=, dtype=, seed=)`` -> :class:`~anyword.diffusion.Backbone`.
+        segmenter: the default segmenter (a key of :data:`anyword.segment.SEGMENTERS`).
+        segmenter_weights: which weights any segmenter gets with this preset: "pretrained", "tiny" (toy size,
+            random) or "random" (full size, random).
+        overrides: the settings it runs with, relative to the paper's.
+        random_weights: the backbone's weights are random (its maps and masks mean nothing).
+        backbone_availability: whether the backbone's weights are here, downloadable or missing.
+        cpu_cost: measured cost of a learning step on a CPU, for presets too big to run there comfortably.
+        examples: which demo examples suit it ("photos" or "shapes").
+        in_demo: offered in the demo's model choice.
+    """
+
+    name: str
+    description: str
+    backbone_id: str
+    load: Callable[..., Backbone]
+    segmenter: str
+    segmenter_weights: str
+    overrides: Overrides = field(default_factory=Overrides)
+    random_weights: bool = False
+    backbone_availability: Callable[[], Availability] = lambda: Availability("random", "built from a config")
+    cpu_cost: CpuCost | None = None
+    examples: str = "photos"
+    in_demo: bool = True
+
+    def settings(self, overrides: Overrides | None = None) -> PipelineSettings:
+        """The paper's settings with this preset's and then ``overrides``' values applied."""
+        from anyword.settings import PipelineSettings, apply_overrides
+
+        return apply_overrides(PipelineSettings(), self.overrides.then(overrides or Overrides()))
+
+    def segmenter_availability(self, segmenter: str | None = None, model: str | None = None) -> Availability:
+        return segmenter_spec(segmenter or self.segmenter).availability(model, self.segmenter_weights)
+
+    def availability(self) -> Availability:
+        """The backbone's and the default segmenter's availability together (missing if either is)."""
+        for part in (self.backbone_availability(), self.segmenter_availability()):
+            if not part.ready:
+                return part
+        return self.backbone_availability()
+
+    def cost_warning(self, steps: int, device: str | None = None) -> str | None:
+        """What ``steps`` learning steps would cost where models run, if that is a CPU and the cost is known."""
+        from anyword.devices import has_accelerator
+
+        if self.cpu_cost is None or steps <= 0 or has_accelerator(device):
+            return None
+        return self.cpu_cost.describe(steps)
+
+    def to_dict(self, check: bool = True) -> dict:
+        data = {
+            "name": self.name,
+            "description": self.description,
+            "backbone": self.backbone_id,
+            "segmenter": self.segmenter,
+            "segmenter_weights": self.segmenter_weights,
+            "random_weights": self.random_weights,
+            "settings": self.overrides.to_dict(),
+            "learning_steps": self.settings().diffusion.learning.steps,
+        }
+        if check:
+            backbone, segmenter = self.backbone_availability(), self.segmenter_availability()
+            data["available"] = backbone.ready and segmenter.ready
+            data["weights"] = {"backbone": backbone.to_dict(), "segmenter": segmenter.to_dict()}
+        return data
+
+
+# Loaders import the diffusion stage when called: listing presets (the CLI's help, `anyword presets`) stays light.
+
+
+def _load_pretrained(model: str, name: str, **options) -> Backbone:
+    from anyword.diffusion.loading import load_pretrained
+
+    return load_pretrained(model, name=name, **options)
+
+
+def _sd_availability(model: str) -> Availability:
+    from anyword.diffusion.loading import sd_availability
+
+    return sd_availability(model)
+
+
+def _build_tiny(**options) -> Backbone:
+    from anyword.diffusion.loading import build_tiny
+
+    return build_tiny(**options)
+
+
+def _build_sd15_random(**options) -> Backbone:
+    from anyword.diffusion.loading import build_sd15_random
+
+    return build_sd15_random(**options)
+
+
+def _load_shapes(**options) -> Backbone:
+    from anyword.diffusion.shapes_model import load_shapes_backbone
+
+    return load_shapes_backbone(**options)
+
+
+def _pretrained(name: str, model: str, description: str) -> Preset:
+    return Preset(
+        name,
+        description,
+        backbone_id=model,
+        load=lambda **options: _load_pretrained(model, name, **options),
+        segmenter="sam",
+        segmenter_weights=PRETRAINED,
+        backbone_availability=lambda: _sd_availability(model),
+        # Measured with sd15-random (same architecture) on 2 CPU threads: docs/performance.md.
+        cpu_cost=CpuCost(step_s=175.0, peak_gb=18.0, threads=2),
+    )
+
+
+def _shapes_availability() -> Availability:
+    from anyword.diffusion.shapes_model import WEIGHT_FILES, weights_dir
+
+    folder = weights_dir()
+    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    if missing:
+        return Availability("missing", str(folder), f"the shapes weights are missing ({', '.join(missing)})")
+    return Availability("shipped", str(folder))
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        _pretrained(
+            "sd15",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "Stable Diffusion 1.5 + SAM ViT-H (the paper's setup)",
+        ),
+        _pretrained("sd14", "CompVis/stable-diffusion-v1-4", "Stable Diffusion 1.4 + SAM ViT-H"),
+        Preset(
+            "shapes",
+            "toy text-to-image model trained in this repository + GrabCut: real maps and masks on shape scenes, "
+            "offline",
+            backbone_id="anyword/data/shapes",
+            load=_load_shapes,
+            segmenter="grabcut",
+            segmenter_weights=PRETRAINED,
+            # Chosen on validation scenes only (never the test scenes 0-99; docs/benchmarks.md): its cross-attention
+            # localises best at small t on the 16x16 and 32x32 grids; prompt learning saturates after ~30 steps of
+            # batch 4 over all timesteps; adjective points that follow their noun's map help GrabCut.
+            overrides=Overrides(
+                attention_resolutions=(16, 32),
+                attention_timesteps=(0, 400),
+                learning_steps=30,
+                learning_batch=4,
+                inversion_steps=50,
+                adjective_region="noun_support",
+            ),
+            backbone_availability=_shapes_availability,
+            examples="shapes",
+        ),
+        Preset(
+            "tiny",
+            "tiny random-weight models (diffusion + any segmenter) with the real CLIP tokenizer: tests and trying "
+            "the flow offline; results mean nothing",
+            backbone_id="random: tiny Stable Diffusion classes, 64 px",
+            load=_build_tiny,
+            segmenter="sam",
+            segmenter_weights=TINY,
+            overrides=Overrides(learning_steps=10, inversion_steps=25),
+            random_weights=True,
+        ),
+        Preset(
+            "sd15-random",
+            "full SD 1.5 architecture + full-size segmenter with random weights: for timing and memory only",
+            backbone_id="random: Stable Diffusion 1.5 architecture, 512 px",
+            load=_build_sd15_random,
+            segmenter="sam",
+            segmenter_weights=RANDOM,
+            random_weights=True,
+            cpu_cost=CpuCost(step_s=175.0, peak_gb=18.0, threads=2),
+            in_demo=False,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; :class:`AnywordError` naming the choices otherwise."""
+    if name not in PRESETS:
+        raise AnywordError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def custom_preset(model: str) -> Preset:
+    """A preset for a user's own Stable Diffusion v1.x (hub id or local diffusers folder), set up like ``sd15``."""
+    return dataclasses.replace(_pretrained(model, model, f"Stable Diffusion from {model}"), in_demo=False)
