@@ -120,10 +120,10 @@ class Preset:
 # Loaders import the diffusion stage when called: listing presets (the CLI's help, `anyword presets`) stays light.
 
 
-def _load_pretrained(model: str, name: str, **options) -> Backbone:
+def _load_pretrained(model: str, name: str, seed: int = 0, **options) -> Backbone:
     from anyword.diffusion.loading import load_pretrained
 
-    return load_pretrained(model, name=name, **options)
+    return load_pretrained(model, name=name, **options)  # trained weights: the seed builds nothing
 
 
 def _sd_availability(model: str) -> Availability:

@@ -25,24 +25,25 @@ def test_parse_compute_segment_through_the_api(demo_server, tmp_path):
     assert "3 concepts found by spacy" in parsed[NOTICE]
     assert [row[1] for row in parsed[CONCEPTS]["data"]] == ["red espresso cup", "red saucer", "silver spoon"]
 
-    computed = client.predict("tiny", "custom", 2, 0, 0.7, True, True, api_name="/compute")
-    assert "RANDOM WEIGHTS" in computed[NOTICE] and "2 prompt-learning steps" in computed[NOTICE]
+    computed = client.predict("tiny", "preset default", "custom", 2, 7, 0.7, True, True, api_name="/compute")
+    assert "RANDOM WEIGHTS" in computed[NOTICE] and "2 prompt-learning steps, seed 7" in computed[NOTICE]
     assert len(computed[GALLERY]) == 6  # 3 concepts + 3 bound adjectives
 
-    segmented = client.predict(0.7, api_name="/segment")
+    segmented = client.predict(api_name="/segment")
     assert "Segmented 3 concepts" in segmented[NOTICE]
     assert len(segmented[ANNOTATED]["annotations"]) == 3
     exported = client.predict(api_name="/export")
     result = exported[RESULT]
     assert result["caption"] == CAPTION and result["image"] == {"width": 600, "height": 400}
     assert [c["phrase"] for c in result["concepts"]] == ["red espresso cup", "red saucer", "silver spoon"]
+    assert result["settings"]["diffusion"]["learning"]["steps"] == 2 and result["settings"]["diffusion"]["seed"] == 7
     assert Path(exported[DOWNLOAD]).suffix == ".zip" and Path(exported[DOWNLOAD]).stat().st_size > 1000
 
 
 def test_errors_come_back_as_messages_and_the_server_keeps_serving(demo_server):
     client = Client(demo_server, verbose=False)
     # No image, no parse: the warning is shown, nothing changes, and the next request is served normally.
-    unchanged = client.predict(0.7, api_name="/segment")
+    unchanged = client.predict(api_name="/segment")
     assert "Compute attention first" in unchanged[NOTICE]
     assert unchanged[ANNOTATED] == {"__type__": "update"}  # left as it was
     refused = client.predict("hello!!", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
