@@ -15,6 +15,8 @@ import time
 import numpy as np
 import torch
 
+from anyword.presets import TEST_PRESET
+
 BENCH_CAPTION = "a brown dog and a red ball on green grass"
 # Fixed concepts (no parser needed, so the benchmark runs where spaCy is not installed).
 BENCH_CONCEPTS = [
@@ -37,7 +39,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run_benchmark(
-    preset: str = "tiny",
+    preset: str = TEST_PRESET,
     device: str | None = None,
     steps: int = 50,
     learning_steps: int = 5,
@@ -152,7 +154,7 @@ def run_benchmark(
 
 
 def run_edit_benchmark(
-    preset: str = "tiny", device: str | None = None, dtype: str | None = None, seed: int = 0, repeats: int = 5
+    preset: str = TEST_PRESET, device: str | None = None, dtype: str | None = None, seed: int = 0, repeats: int = 5
 ) -> dict:
     """First full run (models already loaded) versus re-segmenting after a point edit, same pipeline object."""
     from anyword.pipeline import SegmentAnyword
@@ -184,7 +186,7 @@ def run_edit_benchmark(
 
 
 def run_segmenter_benchmark(
-    preset: str = "tiny", device: str | None = None, repeats: int = 5, seed: int = 0, image_size=(768, 1024)
+    preset: str = TEST_PRESET, device: str | None = None, repeats: int = 5, seed: int = 0, image_size=(768, 1024)
 ) -> dict:
     """Image-encoder (once per image) and mask-decoder (every point edit) time of every registered promptable
     segmenter, with the weights the preset gives them (toy size for ``tiny``, full size for ``sd15-random``)."""

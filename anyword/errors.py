@@ -36,7 +36,7 @@ class ParserUnavailableError(AnywordError):
     """A caption parser cannot run (spaCy model not installed, LLM failure without fallback)."""
 
 
-class SettingsError(AnywordError):
+class SettingsError(AnywordError, ValueError):
     """A setting is out of its range (seed, steps, threshold typed by a user)."""
 
 

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = "random weights: the maps and masks carry no meaning (use a pretrained preset)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds tensors
 class Analysis:
     """What one image and parse produced before any point edit: the attention, the segmenter's image embedding
     (made once), and the points as sampled. Kept by the caller (e.g. per demo session) and passed back to
@@ -54,10 +54,12 @@ class Analysis:
     embedding: Any
     sampled: PromptSet
     attention_cached: bool = False
-    timings: dict[str, float] = field(default_factory=dict, compare=False)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def matches(self, image: np.ndarray, parse: ParseResult) -> bool:
-        return self.parse.caption == parse.caption and self.image_size == (image.shape[1], image.shape[0])
+        """Whether this analysis can serve ``image`` and ``parse`` (same parse, same size: a cheap guard that does
+        not hash the image again)."""
+        return self.parse == parse and self.image_size == (image.shape[1], image.shape[0])
 
 
 @dataclass

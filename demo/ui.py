@@ -306,31 +306,10 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         def on_export(session_value):
             return h.export(session_value, store)
 
-        def on_compute(
-            session_value,
-            preset_key,
-            segmenter_value,
-            quality_value,
-            steps_value,
-            seed_value,
-            threshold_value,
-            r1_on,
-            r2_on,
-            progress=gr.Progress(track_tqdm=True),
-        ):
+        def on_compute(session_value, preset_key, *page_values, progress=gr.Progress(track_tqdm=True)):
+            """``page_values``: segmenter, quality, steps, seed, threshold, R1, R2 (as ``handlers.compute``)."""
             progress(0, desc=f"loading {preset_key} (first use only)…")
-            return h.compute(
-                hub,
-                session_value,
-                preset_key,
-                segmenter_value,
-                quality_value,
-                steps_value,
-                seed_value,
-                threshold_value,
-                r1_on,
-                r2_on,
-            )
+            return h.compute(hub, session_value, preset_key, *page_values)
 
         def on_click(session_value, mode_value, evt: gr.SelectData):
             return h.select_point(session_value, mode_value, evt)

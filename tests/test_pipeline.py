@@ -147,6 +147,9 @@ def test_edited_parse_is_honoured(pipeline):
     assert [c.noun for c in result.concepts] == ["cat", "nose"]
     with pytest.raises(ValueError, match="belong to a"):
         pipeline.segment(load_image(PHOTO)[:100], parse, result.attention, result.prompts)
+    whole = pipeline.analyze(load_image(PHOTO), pipeline.parse(CAPTION))
+    with pytest.raises(ValueError, match="another image or caption"):
+        pipeline.run(PHOTO, parse, analysis=whole)  # an analysis of the unedited parse
 
 
 def test_learned_embeddings_are_saved_and_reused(nlp, tmp_path):

@@ -79,3 +79,27 @@ def test_cpu_cost_is_said_for_big_presets_only():
     assert "175 s" in get_preset("sd15").cost_warning(PAPER_LEARNING_STEPS, device="cpu")
     assert get_preset("sd15").cost_warning(PAPER_LEARNING_STEPS, device="cuda") is None
     assert get_preset("tiny").cost_warning(PAPER_LEARNING_STEPS, device="cpu") is None
+
+
+def test_the_cli_says_what_a_cpu_run_costs_before_it_starts(tmp_path):
+    image = Path(__file__).resolve().parent.parent / "assets" / "coffee.png"
+    env = {**OFFLINE, "ANYWORD_CACHE": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    command = [ANYWORD, "segment", str(image), "a red cup", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    warning, error = done.stderr.strip().splitlines()
+    assert warning.startswith("warning: sd15: without a GPU") and "175 s" in warning and "--fast" in warning
+    assert error.startswith("error: Stable Diffusion weights")
+
+
+def test_a_bad_segmenter_size_is_one_clear_error(tmp_path):
+    image = Path(__file__).resolve().parent.parent / "assets" / "coffee.png"
+    command = [ANYWORD, "segment", str(image), "a red cup", "--out", str(tmp_path / "out"), "--preset", "tiny"]
+    done = subprocess.run(
+        [*command, "--segmenter", "sam2", "--segmenter-model", "huge", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=OFFLINE,
+    )
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: unknown sam2 model 'huge'")

@@ -91,6 +91,15 @@ def test_checkpoints_load_with_weights_only(tmp_path):
         SamSegmenter.load("vit_b", checkpoint=wrong)
 
 
+def two_points() -> MaskRequest:
+    """A positive and a negative point on a 130x70 image."""
+    return MaskRequest(
+        points=np.array([[100.0, 20.0], [10.0, 60.0]], dtype=np.float32),
+        labels=np.array([1, 0], dtype=np.int32),
+        heatmap=np.zeros((70, 130), np.float32),
+    )
+
+
 def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
     segmenter = make_segmenter("sam", weights=TINY, device="cpu")
     assert segmenter.name == "sam-tiny" and segmenter.random_weights
@@ -98,11 +107,7 @@ def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
     image = (rng.random((70, 130, 3)) * 255).astype(np.uint8)
     embedding = segmenter.embed(image)
     assert embedding.features.device.type == "cpu" and embedding.original_size == (70, 130)
-    request = MaskRequest(
-        points=np.array([[100.0, 20.0], [10.0, 60.0]], dtype=np.float32),
-        labels=np.array([1, 0], dtype=np.int32),
-        heatmap=np.zeros((70, 130), np.float32),
-    )
+    request = two_points()
     first = segmenter.segment(embedding, request)
     assert first.mask.shape == (70, 130) and first.mask.dtype == bool and 0.0 <= first.score <= 1.0
     assert np.array_equal(segmenter.segment(embedding, request).mask, first.mask)
@@ -121,11 +126,7 @@ def test_transformers_segmenters_embed_once_and_decode_at_the_image_size(name):
     image = (np.random.default_rng(1).random((70, 130, 3)) * 255).astype(np.uint8)
     embedding = segmenter.embed(image)
     assert embedding.original_size == (70, 130) and all(f.device.type == "cpu" for f in embedding.features)
-    request = MaskRequest(
-        points=np.array([[100.0, 20.0], [10.0, 60.0]], dtype=np.float32),
-        labels=np.array([1, 0], dtype=np.int32),
-        heatmap=np.zeros((70, 130), np.float32),
-    )
+    request = two_points()
     first = segmenter.segment(embedding, request)
     assert first.mask.shape == (70, 130) and first.mask.dtype == bool and 0.0 <= first.score <= 1.0
     assert np.array_equal(segmenter.segment(embedding, request).mask, first.mask)
@@ -175,3 +176,17 @@ def test_unknown_names():
         make_segmenter("magic")
     with pytest.raises(ValueError, match="unknown SAM model"):
         SamSegmenter.load("vit_z")
+
+
+@pytest.mark.parametrize(
+    ("name", "repo"), [("sam2", "facebook/sam2.1-hiera-large"), ("sam-hq", "syscv-community/sam-hq-vit-huge")]
+)
+def test_transformers_segmenters_offline_name_the_weights_and_how_to_get_them(name, repo, monkeypatch, tmp_path):
+    from anyword.segment import segmenter_spec
+
+    monkeypatch.setenv("ANYWORD_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    availability = segmenter_spec(name).availability()
+    assert availability.state == "missing" and repo in availability.reason
+    with pytest.raises(ModelUnavailableError, match=f"'{repo}' are not in the Hugging Face cache.*hf download {repo}"):
+        make_segmenter(name, device="cpu")

@@ -10,6 +10,7 @@ import importlib
 from dataclasses import dataclass
 
 from anyword.downloads import Availability
+from anyword.errors import SettingsError
 from anyword.segment.base import MaskPrediction, MaskRequest, Segmenter, empty_prediction
 from anyword.segment.plain import PlainSegmenter
 
@@ -37,7 +38,7 @@ class SegmenterSpec:
     def check_model(self, model: str | None) -> str | None:
         model = model or self.default_model
         if self.models and model not in self.models:
-            raise ValueError(f"unknown {self.name} model {model!r}: choose one of {', '.join(self.models)}")
+            raise SettingsError(f"unknown {self.name} model {model!r}: choose one of {', '.join(self.models)}")
         return model
 
     def load(
@@ -50,7 +51,7 @@ class SegmenterSpec:
         seed: int = 0,
     ) -> Segmenter:
         if weights not in WEIGHTS:
-            raise ValueError(f"unknown weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+            raise SettingsError(f"unknown weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
         return self._backend().load(self.check_model(model), weights, checkpoint, device, seed)
 
     def availability(self, model: str | None = None, weights: str = PRETRAINED) -> Availability:
@@ -99,7 +100,7 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
 
 def segmenter_spec(name: str) -> SegmenterSpec:
     if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}: choose one of {', '.join(SEGMENTERS)}")
+        raise SettingsError(f"unknown segmenter {name!r}: choose one of {', '.join(SEGMENTERS)}")
     return SEGMENTERS[name]
 
 
