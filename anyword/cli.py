@@ -130,6 +130,7 @@ def _make_pipeline(args: argparse.Namespace):
     parser = _make_parser(args)
     return SegmentAnyword(
         args.preset or DEFAULT_PRESET,
+        adapter=_adapter_choice(args),
         segmenter=args.segmenter,
         parser=parser,
         model=args.model,
@@ -142,12 +143,28 @@ def _make_pipeline(args: argparse.Namespace):
     )
 
 
+def _adapter_choice(args: argparse.Namespace) -> str | None:
+    """``--adapter``, or for ``--fast`` the preset's shipped adapter; ``--fast`` without any is refused plainly."""
+    from anyword.presets import DEFAULT_PRESET, SHIPPED, get_preset
+
+    if args.adapter or not getattr(args, "fast", False):
+        return args.adapter
+    preset = get_preset(getattr(args, "preset", None) or DEFAULT_PRESET)
+    if args.model is None and preset.shipped_adapter_path() is not None:
+        return SHIPPED
+    raise AnywordError(
+        f"--fast is Segment Anyword_f: {SHORT_LEARNING_STEPS} learning steps with a LoRA-adapted text encoder, and "
+        f"there is no adapter for {args.model or preset.name} here; train one with `anyword adapt` and pass "
+        f"--adapter DIR, or run {SHORT_LEARNING_STEPS} steps without an adapter with --steps {SHORT_LEARNING_STEPS}"
+    )
+
+
 def _overrides(args: argparse.Namespace):
     """The command line's changes to the preset's settings."""
     from anyword.settings import Overrides
 
     return Overrides(
-        quality="50-steps" if getattr(args, "fast", False) else None,
+        quality="fast" if getattr(args, "fast", False) else None,
         learning_steps=args.steps,
         learning_rate=getattr(args, "learning_rate", None),
         inversion_steps=args.inversion_steps,
@@ -301,6 +318,87 @@ def _clear_earlier_batch(out: Path) -> None:
             shutil.rmtree(entry)
 
 
+# --- adapt ---------------------------------------------------------------------------------------------------
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from anyword.diffusion.adaptation import ATTENTION_TARGETS, MLP_TARGETS, AdaptSettings, train_adapter
+    from anyword.presets import DEFAULT_PRESET, get_preset
+
+    if bool(args.pairs) == bool(args.dataset):
+        raise AnywordError("give either --pairs FILE.jsonl or --dataset shapes")
+    pairs, source, unreadable = _pairs_file(args.pairs) if args.pairs else _shapes_pairs(args)
+    pairs = pairs[: args.n]
+    settings = AdaptSettings(
+        steps=args.steps,
+        rank=args.rank,
+        alpha=float(args.alpha or args.rank),
+        learning_rate=args.learning_rate,
+        batch_size=args.batch,
+        targets=ATTENTION_TARGETS + (MLP_TARGETS if args.mlp else ()),
+        seed=args.seed,
+    )
+    preset = get_preset(args.preset or DEFAULT_PRESET)
+    backbone = preset.load(device=args.device, dtype=args.dtype)
+    info = train_adapter(backbone, pairs, args.out, settings, pairs_source=source, progress=not args.quiet)
+    summary = {**info.to_dict(), "pairs_unreadable_lines": unreadable, "out": str(args.out)}
+    summary.pop("extra")
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(
+            f"adapter for {info.base} in {args.out}: {info.steps} steps on {info.pairs_used} pairs "
+            f"({info.pairs_skipped + unreadable} skipped), final loss {info.final_loss:.4f}, {info.seconds:.0f} s"
+        )
+    return EXIT_OK
+
+
+def _pairs_file(path: str):
+    """Training pairs from a JSONL file (``{"image": path, "caption": text}``, paths relative to the file); lines
+    that are not such objects are counted, not fatal (unreadable images are skipped later, also counted)."""
+    from anyword.diffusion.adaptation import TrainingPair
+    from anyword.images import load_image
+
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnywordError(f"cannot read pairs file {file}: {error}") from None
+    pairs, unreadable = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        try:
+            item = json.loads(line)
+            image, caption = item["image"], item["caption"]
+            if not isinstance(image, str) or not isinstance(caption, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        image_path = Path(image) if Path(image).is_absolute() else file.parent / image
+        pairs.append(TrainingPair(f"line {number}", caption, lambda p=image_path: load_image(p)))
+    if not pairs:
+        raise AnywordError(f"{file} has no usable image-caption pair ({unreadable} unreadable lines)")
+    return pairs, str(file), unreadable
+
+
+def _shapes_pairs(args: argparse.Namespace):
+    """Pairs from the shapes world: scenes ``--start``.. of each ``--split`` in turn (rendered at 64 px)."""
+    from anyword.diffusion.adaptation import TrainingPair
+    from anyword.shapes.scenes import make_scene, render
+
+    if args.dataset != "shapes":
+        raise AnywordError(f"unknown dataset {args.dataset!r}: only 'shapes' ships with the package")
+    pairs = []
+    for offset in range(args.n):
+        split = args.split[offset % len(args.split)]
+        scene = make_scene(split, args.start + offset // len(args.split))
+        pairs.append(TrainingPair(f"{split}:{scene.index}", scene.caption, lambda s=scene: render(s, 64)[0]))
+    source = f"shapes {'+'.join(args.split)} scenes {args.start}..{args.start + (args.n - 1) // len(args.split)}"
+    return pairs, source, 0
+
+
 # --- presets -------------------------------------------------------------------------------------------------
 
 
@@ -412,7 +510,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         from anyword.pipeline import SegmentAnyword
 
-        pipeline = SegmentAnyword(SHAPES_PRESET, segmenter=args.segmenter, device=args.device)
+        pipeline = SegmentAnyword(SHAPES_PRESET, segmenter=args.segmenter, device=args.device, adapter=args.adapter)
         pipeline.settings = _run_settings(pipeline, args)
         variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
         result = evaluate(
@@ -487,6 +585,15 @@ def _preset(name: str) -> str:
     return name
 
 
+def _adapter_option(group) -> None:
+    group.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR|shipped",
+        help="text-encoder adapter folder made by `anyword adapt` (or 'shipped': the preset's own), merged at load",
+    )
+
+
 def _segmenter_options(group) -> None:
     group.add_argument(
         "--segmenter",
@@ -545,9 +652,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     method.add_argument(
         "--fast",
         action="store_true",
-        help=f"{SHORT_LEARNING_STEPS} prompt-learning steps with the frozen text encoder (the paper's fast variant "
-        "also LoRA-tunes the text encoder)",
+        help=f"Segment Anyword_f: the preset's fast step budget ({SHORT_LEARNING_STEPS} for Stable Diffusion) with "
+        "a LoRA-adapted text encoder (--adapter, else the preset's shipped one; refused when there is none)",
     )
+    _adapter_option(method)
     method.add_argument("--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
     method.add_argument(
         "--attention-res", type=_positive_int, nargs="+", default=None, help="attention grids to average (default 16)"
@@ -592,6 +700,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)"
     )
     _segmenter_options(evaluation)
+    _adapter_option(evaluation)
     evaluation.add_argument("--device", default=None)
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -615,6 +724,29 @@ def build_argument_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print exactly one JSON object")
     bench.set_defaults(handler=cmd_bench)
+
+    adapt = commands.add_parser(
+        "adapt", help="train a LoRA text-encoder adapter (Segment Anyword_f) on image-caption pairs"
+    )
+    adapt.add_argument("--preset", default=None, type=_preset, help="the model to adapt (default sd15)")
+    adapt.add_argument("--pairs", default=None, help='JSONL, one {"image": path, "caption": text} per line')
+    adapt.add_argument("--dataset", default=None, help="shapes: pairs from the synthetic world")
+    adapt.add_argument("--split", nargs="+", default=["train"], help="shapes splits, drawn in turn (default train)")
+    adapt.add_argument("--start", type=_non_negative_int, default=20000, help="first shapes scene index")
+    adapt.add_argument("--n", type=_positive_int, default=500, help="pairs to use (default 500, the paper's)")
+    adapt.add_argument("--steps", type=_positive_int, default=1100, help="training steps (default 1100)")
+    adapt.add_argument("--rank", type=_positive_int, default=16, help="LoRA rank (default 16)")
+    adapt.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha (default: the rank)")
+    adapt.add_argument("--learning-rate", type=_positive_float, default=1e-4, help="AdamW rate (default 1e-4)")
+    adapt.add_argument("--batch", type=_positive_int, default=4, help="pairs per step (default 4)")
+    adapt.add_argument("--mlp", action="store_true", help="also adapt the MLP layers (default: attention only)")
+    adapt.add_argument("--seed", type=_seed, default=0)
+    adapt.add_argument("--out", required=True, help="adapter folder (rerun the same command to resume)")
+    adapt.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    adapt.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
+    adapt.add_argument("--quiet", action="store_true", help="no progress bar")
+    adapt.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    adapt.set_defaults(handler=cmd_adapt)
 
     presets = commands.add_parser(
         "presets", help="the model setups, their segmenters and whether their weights are here"

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from anyword.adapters import Adapter, apply_adapter, read_adapter
 from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
+from anyword.diffusion.adaptation import AdapterError
 from anyword.diffusion.extract import learned_embeddings_key
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
-from anyword.presets import DEFAULT_PRESET, PRESETS, custom_preset, get_preset
+from anyword.presets import DEFAULT_PRESET, PRESETS, SHIPPED, Preset, custom_preset, get_preset
 from anyword.prompts import PromptSet, PromptSettings, make_prompts
 from anyword.segment import MaskRequest, Segmenter, segmenter_spec
 from anyword.settings import Overrides, PipelineSettings, apply_overrides
@@ -157,6 +159,18 @@ class SegmentationResult:
         }
 
 
+def resolve_adapter(preset: Preset, adapter: str | Path | Adapter | None) -> Adapter | None:
+    """The adapter a run uses: ``None``, a folder, or "shipped" (the preset's own: an error if it has none)."""
+    if adapter is None or isinstance(adapter, Adapter):
+        return adapter
+    if str(adapter) == SHIPPED:
+        path = preset.shipped_adapter_path()
+        if path is None:
+            raise AdapterError(f"preset '{preset.name}' ships no text-encoder adapter; train one with `anyword adapt`")
+        return read_adapter(path)
+    return read_adapter(adapter)
+
+
 class _LRU:
     def __init__(self, size: int):
         self.size = size
@@ -192,6 +206,8 @@ class SegmentAnyword:
         progress: show tqdm progress bars (the demo hooks them).
         embeddings_dir: folder where learned token embeddings are saved, one small file per (image, caption,
             model, settings); a later run with the same key loads them and skips prompt learning.
+        adapter: a text-encoder adapter folder (``anyword adapt``), "shipped" for the preset's own, or ``None``;
+            merged into the text encoder at load (Segment Anyword_f with the "fast" quality).
     """
 
     def __init__(
@@ -209,12 +225,14 @@ class SegmentAnyword:
         cache_size: int = 4,
         progress: bool = False,
         embeddings_dir: str | Path | None = None,
+        adapter: str | Path | None = None,
     ):
         if isinstance(backbone, Backbone):
             self.preset = PRESETS.get(backbone.name) or custom_preset(backbone.name)
         else:
             self.preset = custom_preset(model) if model is not None else get_preset(backbone)
         self._backbone = backbone if isinstance(backbone, Backbone) else None
+        self.adapter = resolve_adapter(self.preset, adapter)  # checked now: a wrong folder fails before any load
         self._device, self._dtype = device, dtype
         self._segmenters: dict[str, Segmenter] = {}
         if segmenter is None or isinstance(segmenter, str):
@@ -241,6 +259,8 @@ class SegmentAnyword:
         with self._lock:
             if self._backbone is None:
                 self._backbone = self.preset.load(device=self._device, dtype=self._dtype)
+            if self.adapter is not None and self._backbone.adapter != self.adapter.ident:
+                self._backbone = apply_adapter(self._backbone, self.adapter)
             return self._backbone
 
     @property
@@ -275,6 +295,7 @@ class SegmentAnyword:
             "backbone": self.backbone.name,
             "backbone_source": self.backbone.source,
             "backbone_random_weights": self.backbone.random_weights,
+            "adapter": self.adapter.ident if self.adapter is not None else None,
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).removeprefix("torch."),
             "segmenter": chosen.name,

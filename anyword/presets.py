@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anyword.downloads import Availability
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PRESET = "sd15"  # the paper's setup
 TEST_PRESET = "tiny"  # what tests and benchmarks build when told nothing
+SHIPPED = "shipped"  # --adapter shipped: the preset's own adapter
 OFFLINE_PRESET = "shapes"  # the demo's start when the default's weights are unavailable (real maps, no download)
 
 
@@ -60,6 +63,10 @@ class Preset:
         cpu_cost: measured cost of a learning step on a CPU, for presets too big to run there comfortably.
         examples: which demo examples suit it ("photos" or "shapes").
         in_demo: offered in the demo's model choice.
+        budgets: learning steps of the "paper" and "fast" qualities for this model (the paper's 1100 and 50
+            unless its scale differs).
+        shipped_adapter: folder inside the package holding the preset's text-encoder adapter (``--adapter
+            shipped``), or ``None``.
     """
 
     name: str
@@ -74,12 +81,21 @@ class Preset:
     cpu_cost: CpuCost | None = None
     examples: str = "photos"
     in_demo: bool = True
+    budgets: dict = field(default_factory=dict)
+    shipped_adapter: str | None = None
 
     def settings(self, overrides: Overrides | None = None) -> PipelineSettings:
         """The paper's settings with this preset's and then ``overrides``' values applied."""
         from anyword.settings import PipelineSettings, apply_overrides
 
-        return apply_overrides(PipelineSettings(), self.overrides.then(overrides or Overrides()))
+        return apply_overrides(PipelineSettings(), self.overrides.then(overrides or Overrides()), self.budgets)
+
+    def shipped_adapter_path(self) -> Path | None:
+        """The preset's shipped adapter folder if it has one and it is present."""
+        if self.shipped_adapter is None:
+            return None
+        path = Path(str(resources.files("anyword") / "data" / self.shipped_adapter))
+        return path if path.is_dir() else None
 
     def segmenter_availability(self, segmenter: str | None = None, model: str | None = None) -> Availability:
         return segmenter_spec(segmenter or self.segmenter).availability(model, self.segmenter_weights)
@@ -109,6 +125,8 @@ class Preset:
             "random_weights": self.random_weights,
             "settings": self.overrides.to_dict(),
             "learning_steps": self.settings().diffusion.learning.steps,
+            "fast_steps": self.settings(Overrides(quality="fast")).diffusion.learning.steps,
+            "shipped_adapter": str(self.shipped_adapter_path()) if self.shipped_adapter_path() else None,
         }
         if check:
             backbone, segmenter = self.backbone_availability(), self.segmenter_availability()
@@ -204,6 +222,9 @@ PRESETS: dict[str, Preset] = {
             ),
             backbone_availability=_shapes_availability,
             examples="shapes",
+            # The paper's 1100 / 50 steps scaled to this model: its full setting is 30 steps, fast a tenth.
+            budgets={"paper": 30, "fast": 3},
+            shipped_adapter="shapes/adapter",
         ),
         Preset(
             "tiny",

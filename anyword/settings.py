@@ -24,8 +24,10 @@ def _paper_diffusion() -> DiffusionSettings:
     return DiffusionSettings()
 
 
-# Named step budgets a user can pick instead of a number ("preset": whatever the preset says).
-QUALITIES = {"paper": PAPER_LEARNING_STEPS, "50-steps": SHORT_LEARNING_STEPS}
+# Named step budgets a user can pick instead of a number; a preset may scale "paper" and "fast" to its model
+# (Preset.budgets). "fast" is Segment Anyword_f's budget: it is meant with a text-encoder adapter (the pipeline's
+# choice); "50-steps" is the same number of steps on the frozen encoder.
+QUALITIES = {"paper": PAPER_LEARNING_STEPS, "fast": SHORT_LEARNING_STEPS, "50-steps": SHORT_LEARNING_STEPS}
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,14 @@ _DIFFUSION = ("inversion_steps", "attention_resolutions", "attention_timesteps",
 _PROMPTS = ("threshold", "r1", "r2", "noun_points", "sampling", "adjective_region")
 
 
-def apply_overrides(settings: PipelineSettings, overrides: Overrides) -> PipelineSettings:
-    """``settings`` with every value ``overrides`` sets (the one place settings are changed)."""
+def apply_overrides(
+    settings: PipelineSettings, overrides: Overrides, budgets: dict[str, int] | None = None
+) -> PipelineSettings:
+    """``settings`` with every value ``overrides`` sets (the one place settings are changed). ``budgets``: the
+    learning steps each quality means for this model (default :data:`QUALITIES`)."""
     learning_changes = {name: getattr(overrides, key) for key, name in _LEARNING.items()}
     if overrides.learning_steps is None and overrides.quality is not None:
-        learning_changes["steps"] = QUALITIES[overrides.quality]
+        learning_changes["steps"] = {**QUALITIES, **(budgets or {})}[overrides.quality]
     diffusion_changes = {key: getattr(overrides, key) for key in _DIFFUSION}
     prompt_changes = {key: getattr(overrides, key) for key in _PROMPTS}
     if overrides.seed is not None:

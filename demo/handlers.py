@@ -33,11 +33,14 @@ PARSER_SPACY = "spaCy (offline)"
 PARSER_LLM = "GPT-4o / OpenAI-compatible LLM"
 QUALITY_PRESET = "preset default"
 QUALITY_PAPER = "paper (1100 steps)"
-QUALITY_SHORT = "50 steps, no adapter"  # the paper's fast variant also LoRA-tunes the text encoder
+QUALITY_FAST = "fast: Segment Anyword_f (adapter + 50 steps)"
+QUALITY_SHORT = "50 steps, no adapter"
 QUALITY_CUSTOM = "custom"
-QUALITIES = (QUALITY_PRESET, QUALITY_PAPER, QUALITY_SHORT, QUALITY_CUSTOM)
-_QUALITY_NAMES = {QUALITY_PAPER: "paper", QUALITY_SHORT: "50-steps"}  # page label -> anyword.settings.QUALITIES
+QUALITIES = (QUALITY_PRESET, QUALITY_PAPER, QUALITY_FAST, QUALITY_SHORT, QUALITY_CUSTOM)
+# page label -> anyword.settings.QUALITIES (a preset scales "paper" and "fast" to its model, e.g. 30 and 3 for shapes)
+_QUALITY_NAMES = {QUALITY_PAPER: "paper", QUALITY_FAST: "fast", QUALITY_SHORT: "50-steps"}
 SEGMENTER_PRESET = "preset default"
+ADAPTER_NONE = ""  # the adapter dropdown's "none" value
 ACTION_DROP = "drop concept"
 ACTION_ADD = "add word as concept"
 ACTION_BIND = "bind adjective"
@@ -205,6 +208,9 @@ def preset_notice(preset: str, device: str | None = None) -> str:
     notice = f"Model: **{chosen.description}**."
     if chosen.random_weights:
         notice += " Its maps and masks mean nothing."
+    if chosen.shipped_adapter_path() is not None:
+        fast = chosen.settings(Overrides(quality="fast")).diffusion.learning.steps
+        notice += f" Fast mode: its shipped text-encoder adapter + {fast} learning steps."
     cost = chosen.cost_warning(chosen.settings().diffusion.learning.steps, device)
     if cost is not None:
         notice += f" Note: {cost}. Choose **{QUALITY_SHORT}** ({SHORT_LEARNING_STEPS} steps) to try it."
@@ -220,6 +226,7 @@ def compute(
     session: Session,
     preset: str,
     segmenter: str | None,
+    adapter: str | None,
     quality: str,
     steps: float | None,
     seed: float | None,
@@ -234,14 +241,17 @@ def compute(
     if session.parse is None:
         raise AnywordError("Parse the caption first.")
     overrides = page_overrides(quality, steps, seed, threshold, r1, r2)
-    pipeline = hub.pipeline(preset)
+    chosen_adapter = hub.adapter_for(preset, adapter or None, fast=quality == QUALITY_FAST)
+    pipeline = hub.pipeline(preset, chosen_adapter)
     chosen = None if segmenter in (None, "", SEGMENTER_PRESET) else segmenter
     started = time.perf_counter()
     analysis = pipeline.analyze(
         session.image, session.parse, pipeline.preset.settings(overrides), segmenter=chosen, digest=session.digest
     )
     seconds = time.perf_counter() - started
-    session = dataclasses.replace(session, preset=preset, analysis=analysis, prompts=analysis.sampled, history=[])
+    session = dataclasses.replace(
+        session, preset=preset, adapter=chosen_adapter, analysis=analysis, prompts=analysis.sampled, history=[]
+    )
     session.result = None
     session.concept_id = session.parse.concepts[0].id
     weights = "RANDOM WEIGHTS: maps and masks mean nothing. " if pipeline.random_weights(chosen) else ""
@@ -249,6 +259,7 @@ def compute(
     notice = (
         f"{weights}Attention {'reused' if analysis.attention_cached else 'computed'} in {seconds:.1f} s "
         f"({attention.settings.learning.steps} prompt-learning steps, seed {attention.settings.seed}, "
+        f"{'adapter ' + chosen_adapter.ident if chosen_adapter else 'no adapter'}, "
         f"reconstruction MSE {attention.reconstruction_mse:.2g}). Click on the image to edit points, then Segment."
     )
     return session, {**points_view(session), "gallery": gallery(session), "notice": notice}
@@ -261,7 +272,7 @@ def resample(hub, session: Session, threshold: float, r1: bool, r2: bool, seed: 
     overrides = Overrides(
         threshold=float(threshold), r1=bool(r1), r2=bool(r2), seed=check_seed(0 if seed is None else seed)
     )
-    analysis = hub.pipeline(session.preset).resample(session.analysis, overrides)
+    analysis = hub.pipeline(session.preset, session.adapter).resample(session.analysis, overrides)
     session = dataclasses.replace(session, analysis=analysis, prompts=analysis.sampled, history=[])
     return session, {
         **points_view(session),
@@ -371,7 +382,7 @@ def segment(hub, session: Session) -> tuple[Session, dict]:
     """Masks from the current points: the mask decoder only (the session keeps attention and image embedding)."""
     if session.analysis is None or session.prompts is None:
         raise AnywordError("Compute attention first.")
-    pipeline = hub.pipeline(session.preset)
+    pipeline = hub.pipeline(session.preset, session.adapter)
     started = time.perf_counter()
     result = pipeline.run(session.image, session.parse, prompts=session.prompts, analysis=session.analysis)
     seconds = time.perf_counter() - started

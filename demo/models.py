@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 
+from anyword.adapters import Adapter, find_adapters
 from anyword.errors import AnywordError
 from anyword.presets import PRESETS, get_preset
 
@@ -16,6 +17,17 @@ from anyword.presets import PRESETS, get_preset
 def demo_presets() -> list[str]:
     """The presets offered on the page, in the registry's order."""
     return [name for name, preset in PRESETS.items() if preset.in_demo]
+
+
+def demo_adapters() -> list[Adapter]:
+    """The adapters the page offers: each demo preset's shipped one, then those in ``$ANYWORD_ADAPTERS``."""
+    found = {}
+    for name in demo_presets():
+        for adapter in find_adapters(shipped=get_preset(name).shipped_adapter_path(), include_env=False):
+            found[str(adapter.path)] = adapter
+    for adapter in find_adapters():
+        found.setdefault(str(adapter.path), adapter)
+    return list(found.values())
 
 
 class ModelHub:
@@ -32,7 +44,8 @@ class ModelHub:
         self.dtype = dtype
         self.segmenter_model = segmenter_model
         self._nlp = nlp
-        self._pipelines: dict[str, object] = {}
+        self._pipelines: dict[tuple[str, str | None], object] = {}
+        self.adapters = {str(adapter.path): adapter for adapter in demo_adapters()}  # what the page may pick
         self._lock = threading.Lock()  # model loading
         self._nlp_lock = threading.Lock()  # parsing must not wait for a model to load
 
@@ -46,8 +59,43 @@ class ModelHub:
                 self._nlp = load_spacy_model()
             return self._nlp
 
-    def pipeline(self, preset: str):
-        """The preset's pipeline with its models loaded (raises :class:`AnywordError` if they cannot load)."""
+    def adapter_for(self, preset: str, chosen: str | None, fast: bool) -> Adapter | None:
+        """The adapter a compute request uses: the one picked (from :attr:`adapters` only), else for the fast
+        quality the preset's shipped one; fast with no adapter for this model is refused in plain words."""
+        if chosen:
+            if chosen not in self.adapters:
+                raise AnywordError("Pick an adapter from the list.")
+            return self.adapters[chosen]
+        shipped = get_preset(preset).shipped_adapter_path()
+        if fast and shipped is not None and str(shipped) in self.adapters:
+            return self.adapters[str(shipped)]
+        if fast:
+            raise AnywordError(
+                f"Fast mode (Segment Anyword_f) needs a text-encoder adapter, and there is none for "
+                f"{preset} here. Choose '50 steps, no adapter' instead."
+            )
+        return None
+
+    def pipeline(self, preset: str, adapter: Adapter | None = None):
+        """The preset's pipeline (with ``adapter`` merged) and its models loaded (raises :class:`AnywordError` if
+        they cannot load). Adapted pipelines share the base's UNet, VAE and default segmenter."""
+        from anyword.parsing import SpacyParser
+        from anyword.pipeline import SegmentAnyword
+
+        base = self._base(preset)
+        if adapter is None:
+            return base
+        with self._lock:
+            key = (preset, str(adapter.path))
+            if key not in self._pipelines:
+                pipeline = SegmentAnyword(
+                    base.backbone, base.segmenter, SpacyParser(nlp=self.nlp), adapter=adapter, progress=True
+                )
+                pipeline.backbone  # noqa: B018 (merge now, once)
+                self._pipelines[key] = pipeline
+            return self._pipelines[key]
+
+    def _base(self, preset: str):
         from anyword.parsing import SpacyParser
         from anyword.pipeline import SegmentAnyword
         from anyword.segment import PRETRAINED
@@ -55,8 +103,9 @@ class ModelHub:
         if preset not in demo_presets():
             raise AnywordError(f"unknown preset {preset!r}: choose one of {', '.join(demo_presets())}")
         nlp = self.nlp
+        key = (preset, None)
         with self._lock:
-            if preset not in self._pipelines:
+            if key not in self._pipelines:
                 pretrained = get_preset(preset).segmenter_weights == PRETRAINED
                 pipeline = SegmentAnyword(
                     preset,
@@ -67,5 +116,5 @@ class ModelHub:
                     progress=True,
                 )
                 pipeline.backbone, pipeline.segmenter  # noqa: B018 (load both now, once)
-                self._pipelines[preset] = pipeline
-            return self._pipelines[preset]
+                self._pipelines[key] = pipeline
+            return self._pipelines[key]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anyword.adapters import Adapter
 from anyword.diffusion import AttentionResult
 from anyword.parsing import ParseResult
 from anyword.pipeline import Analysis, SegmentationResult
@@ -28,6 +29,7 @@ class Session:
     image_name: str = "image"
     digest: str | None = None  # the image's content hash, made once per upload
     parse: ParseResult | None = None
+    adapter: Adapter | None = None  # the text-encoder adapter the analysis was made with
     analysis: Analysis | None = None  # attention + the segmenter's image embedding + points as sampled
     prompts: PromptSet | None = None  # points as edited
     history: list[PromptSet] = field(default_factory=list)  # for undo

@@ -96,7 +96,7 @@ def gpu_task(function: Callable, duration: Callable | int) -> Callable:
     return spaces.GPU(duration=duration)(function)
 
 
-def compute_duration(session, preset, segmenter, quality, steps, *args, **kwargs) -> int:
+def compute_duration(session, preset, segmenter, adapter, quality, steps, *args, **kwargs) -> int:
     """Seconds to reserve on a Spaces GPU: load + inversion + prompt learning at ~0.25 s per step on an A10G."""
     try:
         planned = get_preset(preset).settings(h.page_overrides(quality, steps, 0)).diffusion.learning.steps
@@ -198,6 +198,13 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
                 value=h.SEGMENTER_PRESET,
                 label="Segmenter",
                 elem_id="segmenter",
+            )
+            adapter_choice = gr.Dropdown(
+                [("none (fast mode: the model's shipped adapter)", h.ADAPTER_NONE)]
+                + [(f"{a.ident} (for {a.info.base})", path) for path, a in hub.adapters.items()],
+                value=h.ADAPTER_NONE,
+                label="Text-encoder adapter",
+                elem_id="adapter",
             )
             quality = gr.Radio(list(h.QUALITIES), value=h.QUALITY_PRESET, label="Prompt learning")
             steps = gr.Number(value=50, precision=0, minimum=0, maximum=5000, label="Custom steps")
@@ -307,7 +314,7 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
             return h.export(session_value, store)
 
         def on_compute(session_value, preset_key, *page_values, progress=gr.Progress(track_tqdm=True)):
-            """``page_values``: segmenter, quality, steps, seed, threshold, R1, R2 (as ``handlers.compute``)."""
+            """``page_values``: segmenter, adapter, quality, steps, seed, threshold, R1, R2 (``handlers.compute``)."""
             progress(0, desc=f"loading {preset_key} (first use only)…")
             return h.compute(hub, session_value, preset_key, *page_values)
 
@@ -346,7 +353,7 @@ def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -
         function, outputs = event(gpu_task(on_compute, compute_duration), map_parts)
         compute_button.click(
             function,
-            [session, preset_choice, segmenter_choice, quality, steps, seed, threshold, r1, r2],
+            [session, preset_choice, segmenter_choice, adapter_choice, quality, steps, seed, threshold, r1, r2],
             outputs,
             api_name="compute",
             **gpu,

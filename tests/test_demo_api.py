@@ -25,7 +25,7 @@ def test_parse_compute_segment_through_the_api(demo_server, tmp_path):
     assert "3 concepts found by spacy" in parsed[NOTICE]
     assert [row[1] for row in parsed[CONCEPTS]["data"]] == ["red espresso cup", "red saucer", "silver spoon"]
 
-    computed = client.predict("tiny", "preset default", "custom", 2, 7, 0.7, True, True, api_name="/compute")
+    computed = client.predict("tiny", "preset default", "", "custom", 2, 7, 0.7, True, True, api_name="/compute")
     assert "RANDOM WEIGHTS" in computed[NOTICE] and "2 prompt-learning steps, seed 7" in computed[NOTICE]
     assert len(computed[GALLERY]) == 6  # 3 concepts + 3 bound adjectives
 

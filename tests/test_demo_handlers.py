@@ -31,7 +31,7 @@ def hub(nlp):
 
 
 def compute_quick(hub, session, seed=0):
-    return h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
+    return h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def computed(hub, nlp):
 
 
 def compute_preset(hub, session, quality=h.QUALITY_PRESET, steps=0):
-    return h.compute(hub, session, "tiny", None, quality, steps, 0, 0.7, True, True)
+    return h.compute(hub, session, "tiny", None, None, quality, steps, 0, 0.7, True, True)
 
 
 def select(x, y):
@@ -133,7 +133,7 @@ def test_exported_settings_are_the_ones_the_attention_was_computed_with(hub, nlp
     """Custom steps and seed on the page: result.json reports them (not the preset's 10 steps and seed 0)."""
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
     session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-    session, view = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 2, 7, 0.6, True, False)
+    session, view = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 2, 7, 0.6, True, False)
     assert "2 prompt-learning steps, seed 7" in view["notice"]
     session, _ = h.segment(hub, session)
     session, view = h.export(session, store)
@@ -157,7 +157,7 @@ def test_a_point_edit_never_reruns_the_image_encoder_whatever_other_sessions_do(
         session.image = np.ascontiguousarray(np.roll(session.image, 37 * index, axis=1))  # six different images
         session.digest = f"image-{index}"
         session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-        session, _ = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+        session, _ = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
         sessions.append(session)
     before = dict(pipeline.counters)
     first, _ = h.select_point(sessions[0], h.MODE_POSITIVE, select(100, 100))
@@ -172,7 +172,7 @@ def test_a_point_edit_never_reruns_the_image_encoder_whatever_other_sessions_do(
 def test_the_segmenter_is_chosen_on_the_page(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
     session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-    session, _ = h.compute(hub, session, "tiny", "sam2", h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+    session, _ = h.compute(hub, session, "tiny", "sam2", None, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
     session, view = h.segment(hub, session)
     assert "sam2-tiny-random" in view["notice"] and session.result.masks[0].shape == (400, 600)
     assert session.result.models["segmenter"] == "sam2-tiny-random"
@@ -182,7 +182,7 @@ def test_custom_steps_out_of_range_are_refused_by_name(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
     session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
     with pytest.raises(AnywordError, match="from 0 to 5000"):
-        h.compute(hub, session, "tiny", None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True)
+        h.compute(hub, session, "tiny", None, None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True)
 
 
 def test_a_pretrained_preset_on_a_cpu_says_what_it_costs_before_it_starts():
@@ -233,10 +233,10 @@ def test_concept_edits(nlp):
     ("step", "message"),
     [
         (
-            lambda hub, s: h.compute(hub, Session(), "tiny", None, h.QUALITY_PRESET, 0, 0, 0.7, True, True),
+            lambda hub, s: compute_preset(hub, Session()),
             "Upload an image",
         ),
-        (lambda hub, s: h.compute(hub, s, "tiny", None, h.QUALITY_PRESET, 0, 0, 0.7, True, True), "Parse the caption"),
+        (lambda hub, s: compute_preset(hub, s), "Parse the caption"),
         (lambda hub, s: h.click(s, 10, 10, h.MODE_POSITIVE), "Compute attention first"),
         (lambda hub, s: h.segment(hub, s), "Compute attention first"),
         (lambda hub, s: h.export(s, None), "Segment first"),
@@ -244,7 +244,7 @@ def test_concept_edits(nlp):
         (lambda hub, s: h.parse_caption(s, "  ", h.PARSER_SPACY), "Type a caption"),
         (lambda hub, s: h.parse_caption(s, "hello!!", h.PARSER_SPACY), "no nouns"),
         (
-            lambda hub, s: h.compute(hub, s, "tiny", None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True),
+            lambda hub, s: compute_preset(hub, s, h.QUALITY_CUSTOM, 9999),
             "Parse the caption",
         ),
     ],

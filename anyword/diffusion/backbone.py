@@ -29,7 +29,8 @@ class Backbone:
         resolution: side of the square model input in pixels.
         device, dtype: where and in which precision the models run.
         random_weights: True for presets built from configs with random weights (outputs mean nothing).
-        source: where the weights came from (hub id, folder, "random").
+        source: where the weights came from (hub id, folder, "random"; "+ adapter ID" once one is merged).
+        adapter: the id of the text-encoder adapter merged into ``text_encoder``, or ``None``.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Backbone:
     dtype: torch.dtype
     random_weights: bool = False
     source: str = ""
+    adapter: str | None = None
 
     def __post_init__(self):
         for module in self.modules():

@@ -155,6 +155,7 @@ def evaluate(
         "n": n,
         "scenes": [start, start + n - 1],
         "image_size": image_size,
+        "adapter": pipeline.adapter.ident if pipeline.adapter is not None else None,
         "phrases": parsed,
         "parse_recall": found / parsed if parsed else 0.0,
         "settings": {

@@ -1,0 +1,131 @@
+"""Segment Anyword_f in the shapes world: the full method's mIoU / gIoU against prompt-learning steps, with and
+without the shipped text-encoder adapter, on `seen` and `novel` test scenes -> docs/results/lora-steps.json.
+
+Each (split, adapter, steps) cell is saved as soon as it is done; a rerun computes only the missing cells, so the
+measurement can be spread over several runs. `--render` pastes the table into docs/benchmarks.md (between the
+`lora-steps` markers) and draws docs/lora-steps.png from the JSON alone.
+
+    python scripts/lora_steps.py --n 30 --steps 0 3 10 30       # measure (CPU: ~20 s per scene and cell)
+    python scripts/lora_steps.py --render                        # table + plot from docs/results/lora-steps.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "docs" / "results" / "lora-steps.json"
+MARK_BEGIN, MARK_END = "<!-- lora-steps:begin -->", "<!-- lora-steps:end -->"
+
+
+def measure(args: argparse.Namespace) -> None:
+    import torch
+
+    from anyword.pipeline import SegmentAnyword
+    from anyword.settings import Overrides
+    from anyword.shapes.evaluate import ABLATION, SHAPES_PRESET, evaluate
+
+    data = json.loads(args.out.read_text()) if args.out.is_file() else {"cells": {}}
+    data["machine"] = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    pipelines = {"none": SegmentAnyword(SHAPES_PRESET), "adapter": SegmentAnyword(SHAPES_PRESET, adapter=args.adapter)}
+    data["adapter"] = pipelines["adapter"].adapter.ident
+    for split in args.splits:
+        for steps in args.steps:
+            for name, pipeline in pipelines.items():
+                key = f"{split}/{name}/{steps}/{args.start}+{args.n}"
+                if key in data["cells"]:
+                    continue
+                pipeline.settings = pipeline.preset.settings(Overrides(learning_steps=steps))
+                started = time.perf_counter()
+                result = evaluate(split, args.n, {"full": ABLATION["full"]}, start=args.start, pipeline=pipeline)
+                row = result["rows"]["full"]
+                data["cells"][key] = {
+                    "split": split,
+                    "adapter": name,
+                    "steps": steps,
+                    "scenes": result["scenes"],
+                    "miou": row["miou"],
+                    "giou": row["giou"],
+                    "ciou": row["ciou"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+                args.out.write_text(json.dumps(data, indent=1))
+                print(key, round(row["miou"], 4), round(row["giou"], 4), flush=True)
+
+
+def render(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    cells = list(data["cells"].values())
+    splits = sorted({c["split"] for c in cells}, key=["seen", "novel"].index)
+    steps = sorted({c["steps"] for c in cells})
+    lookup = {(c["split"], c["adapter"], c["steps"]): c for c in cells}
+    scenes = cells[0]["scenes"]
+    lines = [
+        f"Full method on test scenes {scenes[0]}-{scenes[1]} of each split; adapter `{data['adapter']}`; mIoU / gIoU:",
+        "",
+        "| split | adapter | " + " | ".join(f"{s} steps" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for split in splits:
+        for name, label in (("none", "none"), ("adapter", "shipped")):
+            values = [lookup.get((split, name, s)) for s in steps]
+            text = [f"{v['miou']:.3f} / {v['giou']:.3f}" if v else "-" for v in values]
+            lines.append(f"| {split} | {label} | " + " | ".join(text) + " |")
+    table = "\n".join(lines)
+    docs = ROOT / "docs" / "benchmarks.md"
+    text = docs.read_text()
+    if MARK_BEGIN in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + MARK_BEGIN + "\n" + table + "\n" + MARK_END + rest.split(MARK_END, 1)[1]
+    else:
+        text += f"\n{MARK_BEGIN}\n{table}\n{MARK_END}\n"
+    docs.write_text(text)
+    figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), sharey=True, squeeze=False)
+    for axis, split in zip(axes[0], splits, strict=True):
+        for name, style in (("none", "o--"), ("adapter", "s-")):
+            points = [(s, lookup[(split, name, s)]["miou"]) for s in steps if (split, name, s) in lookup]
+            if points:
+                axis.plot(
+                    *zip(*points, strict=True), style, label="with adapter" if name == "adapter" else "no adapter"
+                )
+        axis.set_title(f"{split} scenes {scenes[0]}-{scenes[1]}")
+        axis.set_xlabel("prompt-learning steps")
+        axis.set_xscale("symlog", linthresh=1)
+        axis.set_xticks(steps, [str(s) for s in steps])
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("GranDf mIoU (full method)")
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(ROOT / "docs" / "lora-steps.png", dpi=110)
+    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", nargs="+", default=["seen", "novel"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 3, 10, 30])
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--adapter", default="shipped")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", action="store_true", help="table and plot from the JSON; no measuring")
+    args = parser.parse_args()
+    if args.render:
+        render(args.out)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()
