@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def apply_adapter(backbone: Backbone, adapter: Adapter | str | Path) -> Backbone
             f"fingerprint {info.base_fingerprint[:12]}) than these ({backbone.source}, fingerprint {fingerprint[:12]})"
         )
     encoder = copy.deepcopy(backbone.text_encoder)
-    merged = PeftModel.from_pretrained(encoder, str(adapter.path), is_trainable=False).merge_and_unload()
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        merged = PeftModel.from_pretrained(encoder, str(adapter.path), is_trainable=False).merge_and_unload()
     merged.to(device=backbone.device, dtype=backbone.dtype)
     return dataclasses.replace(
         backbone, text_encoder=merged, source=f"{backbone.source} + adapter {adapter.ident}", adapter=adapter.ident

@@ -46,9 +46,11 @@ def run_benchmark(
     repeats: int = 3,
     dtype: str | None = None,
     seed: int = 0,
+    adapter: str | None = None,
 ) -> dict:
     """Measure one preset. ``steps``: DDIM steps per timed inversion/denoising; ``learning_steps``: timed
-    prompt-learning steps (batch 8); ``repeats``: interleaved plain/recorded denoising runs (median taken)."""
+    prompt-learning steps (batch 8); ``repeats``: interleaved plain/recorded denoising runs (median taken);
+    ``adapter``: also time prompt learning with it merged, against the same steps without it."""
     from anyword.diffusion import (
         LearningSettings,
         ddim_denoise,
@@ -115,6 +117,7 @@ def run_benchmark(
     learning = LearningSettings(steps=learning_steps)
     learn_embeddings(backbone, latents, alignment, LearningSettings(steps=1), seed=seed)  # warm-up (backward kernels)
     learning_s, _ = timed(lambda: learn_embeddings(backbone, latents, alignment, learning, seed=seed))
+    adapted = _adapter_timing(preset, backbone, adapter, latents, alignment, learning, seed, timed)
 
     def mse(a: torch.Tensor) -> float:
         return float(torch.mean((a.float() - latents.float()) ** 2))
@@ -149,7 +152,31 @@ def run_benchmark(
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": peak_kind,
         "repeats": repeats,
+        **adapted,
         "torch": torch.__version__,
+    }
+
+
+def _adapter_timing(preset, backbone, adapter, latents, alignment, learning, seed, timed) -> dict:
+    """Prompt learning with ``adapter`` merged into the text encoder, against the same steps without it."""
+    if adapter is None:
+        return {}
+    from anyword.adapters import apply_adapter
+    from anyword.diffusion import learn_embeddings
+    from anyword.pipeline import resolve_adapter
+    from anyword.presets import get_preset
+
+    chosen = resolve_adapter(get_preset(preset), adapter)
+    merge_s, adapted = timed(lambda: apply_adapter(backbone, chosen))
+    plain_s, _ = timed(lambda: learn_embeddings(backbone, latents, alignment, learning, seed=seed))
+    adapter_s, _ = timed(lambda: learn_embeddings(adapted, latents, alignment, learning, seed=seed))
+    steps = max(learning.steps, 1)
+    return {
+        "adapter": chosen.ident,
+        "adapter_merge_s": merge_s,
+        "prompt_learning_s_per_step_no_adapter": plain_s / steps,
+        "prompt_learning_s_per_step_adapter": adapter_s / steps,
+        "adapter_time_ratio": adapter_s / plain_s,
     }
 
 

@@ -442,6 +442,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         dtype=args.dtype,
         seed=args.seed,
+        adapter=args.adapter,
     )
     if args.segmenters:
         from anyword.bench import run_segmenter_benchmark
@@ -717,6 +718,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--edit", action="store_true", help="also time a full pipeline run against re-segmenting after a point edit"
     )
+    _adapter_option(bench)
     bench.add_argument(
         "--segmenters",
         action="store_true",

@@ -196,3 +196,15 @@ def test_fast_without_an_adapter_says_so_plainly(tmp_path):
     done = run_cli("segment", image, "a red cup", "--preset", "tiny", "--fast", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and done.stderr.startswith("error: --fast is Segment Anyword_f")
     assert "no adapter for tiny" in done.stderr and "--steps 50" in done.stderr
+
+
+def test_eval_runs_with_the_shipped_shapes_adapter_and_records_it():
+    done = run_cli(
+        "eval", "--dataset", "shapes", "--split", "novel", "--n", "1", "--steps", "1", "--adapter", "shipped",
+        "--json", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    shipped = read_adapter(get_preset("shapes").shipped_adapter_path())
+    assert result["adapter"] == shipped.ident and shipped.info.base == "shapes" and shipped.info.pairs_used == 500
+    assert result["settings"]["learning_steps"] == 1 and 0.0 <= result["rows"]["full"]["miou"] <= 1.0

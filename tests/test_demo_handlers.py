@@ -281,3 +281,17 @@ def test_llm_failure_falls_back_visibly_and_never_shows_the_key(openai_server, n
     assert session.parse.parser == "spacy"
     assert key not in json.dumps(view, default=str) and key not in repr(session)
     assert openai_server.requests[0].headers["authorization"] == f"Bearer {key}"
+
+
+def test_fast_mode_uses_an_adapter_or_says_plainly_there_is_none(hub, nlp):
+    session, _ = h.set_image(Session(), str(ASSETS / "shapes" / "novel_1007.png"))
+    session, _ = h.parse_caption(session, "a red ball", h.PARSER_SPACY, nlp=nlp)
+    with pytest.raises(AnywordError, match=r"Fast mode .* needs a text-encoder adapter.*none for tiny"):
+        h.compute(hub, session, "tiny", None, None, h.QUALITY_FAST, None, 0, 0.7, True, True)
+    session, view = h.compute(hub, session, "shapes", None, None, h.QUALITY_FAST, None, 0, 0.7, True, True)
+    assert "3 prompt-learning steps" in view["notice"] and "adapter adapter@" in view["notice"]
+    session, _ = h.segment(hub, session)
+    assert session.result.models["adapter"].startswith("adapter@")
+    assert session.result.settings.diffusion.learning.steps == 3
+    with pytest.raises(AnywordError, match="Pick an adapter from the list"):
+        h.compute(hub, session, "shapes", None, "/etc", h.QUALITY_FAST, None, 0, 0.7, True, True)

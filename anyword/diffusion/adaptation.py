@@ -182,8 +182,10 @@ def train_adapter(
         return finished
     prepared = prepare_pairs(backbone, pairs, progress)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets))
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+    # LoRA's A matrices start random: seeded, without touching the caller's random state.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        torch.manual_seed(settings.seed)
         encoder = get_peft_model(copy.deepcopy(backbone.text_encoder), config)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     for parameter in trainable:
