@@ -228,6 +228,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return EXIT_OK
     width, height = result.image_size
     print(f"{len(result.concepts)} concepts segmented in {result.timings['total_s']:.1f} s -> {out}/")
+    if result.models["adapter"]:
+        steps = result.settings.diffusion.learning.steps
+        print(f"  text-encoder adapter {result.models['adapter']}, {steps} prompt-learning steps")
     for concept in result.concepts:
         area = result.masks[concept.id].sum() / (width * height)
         points = result.prompts.for_concept(concept.id)

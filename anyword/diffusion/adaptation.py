@@ -173,23 +173,14 @@ def train_adapter(
     """Train a LoRA adapter of ``backbone``'s text encoder on ``pairs`` and write it to ``out_dir`` (peft format
     + ``anyword_adapter.json``). Resumes from ``out_dir/checkpoint`` when an earlier run with the same settings
     stopped; a finished adapter with the same settings is returned as it is."""
-    from peft import LoraConfig, get_peft_model
-
     out = Path(out_dir)
     record = {"settings": _settings_record(settings), "pairs_source": pairs_source, "pairs": len(pairs)}
     finished = _finished(out, record)
     if finished is not None:
         return finished
     prepared = prepare_pairs(backbone, pairs, progress)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets))
-    # LoRA's A matrices start random: seeded, without touching the caller's random state.
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        torch.manual_seed(settings.seed)
-        encoder = get_peft_model(copy.deepcopy(backbone.text_encoder), config)
+    encoder = _lora_encoder(backbone, settings)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.data = parameter.data.float()  # adapter weights train in fp32 whatever the base dtype
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     start, losses, seconds = _resume(out, record, encoder, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=backbone.dtype == torch.float16 and backbone.device.type == "cuda")
@@ -206,7 +197,31 @@ def train_adapter(
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
             _checkpoint(out, record, encoder, optimizer, step + 1, losses, seconds + time.perf_counter() - started)
     seconds += time.perf_counter() - started
-    info = AdapterInfo(
+    info = _adapter_info(backbone, settings, prepared, losses, seconds, pairs_source, record)
+    encoder.save_pretrained(str(out), safe_serialization=True)
+    (out / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=1))
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return info
+
+
+def _lora_encoder(backbone: Backbone, settings: AdaptSettings):
+    """A copy of the text encoder wrapped by peft with trainable LoRA layers (fp32, seeded initialisation)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets))
+    # LoRA's A matrices start random: seeded, without touching the caller's random state.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        torch.manual_seed(settings.seed)
+        encoder = get_peft_model(copy.deepcopy(backbone.text_encoder), config)
+    for parameter in encoder.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()  # adapter weights train in fp32 whatever the base dtype
+    return encoder
+
+
+def _adapter_info(backbone, settings, prepared, losses, seconds, pairs_source, record) -> AdapterInfo:
+    return AdapterInfo(
         base=backbone.name,
         base_source=backbone.source,
         base_fingerprint=text_encoder_fingerprint(backbone.text_encoder),
@@ -225,10 +240,6 @@ def train_adapter(
         timestep_range=settings.timestep_range,
         extra={"record": record, "skipped": prepared.skipped[:20], "loss_curve": _curve(losses)},
     )
-    encoder.save_pretrained(str(out), safe_serialization=True)
-    (out / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=1))
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return info
 
 
 def _step(backbone: Backbone, encoder, prepared: _Prepared, settings: AdaptSettings, step: int) -> torch.Tensor:
