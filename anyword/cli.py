@@ -249,11 +249,7 @@ def _segment_batch(args: argparse.Namespace) -> int:
 
     batch = Path(args.batch)
     out = check_output_folder(args.out, BATCH_MARKER)
-    try:
-        lines = batch.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not line 1's
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnywordError(f"cannot read batch file {batch}: {error}") from None
-    jobs = [(number, line) for number, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+    jobs = _jsonl_lines(batch, "batch")
     if not jobs:
         raise AnywordError(f"{batch} has no lines to run")
     pipeline = _make_pipeline(args)
@@ -270,9 +266,7 @@ def _segment_batch(args: argparse.Namespace) -> int:
                 or not isinstance(item.get("caption"), str)
             ):
                 raise AnywordError('each line must be a JSON object with "image" and "caption" strings')
-            image_path = Path(item["image"])
-            if not image_path.is_absolute():
-                image_path = batch.parent / image_path  # relative to the batch file
+            image_path = _beside(batch, item["image"])
             check_image_path(image_path)
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", image_path.stem)[:40]
             folder = out / f"{number:04d}_{slug}"
@@ -310,6 +304,20 @@ def _segment_batch(args: argparse.Namespace) -> int:
     else:
         print(f"{len(done)} of {len(jobs)} lines done, {len(failed)} failed; summary in {out / 'summary.json'}")
     return EXIT_OK if not failed else EXIT_USAGE
+
+
+def _jsonl_lines(file: Path, kind: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of a JSONL file's lines that are neither blank nor ``#`` comments."""
+    try:
+        lines = file.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not line 1's
+    except (OSError, UnicodeDecodeError) as error:
+        raise AnywordError(f"cannot read {kind} file {file}: {error}") from None
+    return [(number, line) for number, line in enumerate(lines, 1) if line.strip() and not line.startswith("#")]
+
+
+def _beside(file: Path, path: str) -> Path:
+    """``path`` as written in ``file``: absolute, or relative to the file's folder."""
+    return Path(path) if Path(path).is_absolute() else file.parent / path
 
 
 def _clear_earlier_batch(out: Path) -> None:
@@ -363,14 +371,8 @@ def _pairs_file(path: str):
     from anyword.images import load_image
 
     file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise AnywordError(f"cannot read pairs file {file}: {error}") from None
     pairs, unreadable = [], 0
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
+    for number, line in _jsonl_lines(file, "pairs"):
         try:
             item = json.loads(line)
             image, caption = item["image"], item["caption"]
@@ -379,7 +381,7 @@ def _pairs_file(path: str):
         except (ValueError, KeyError, TypeError):
             unreadable += 1
             continue
-        image_path = Path(image) if Path(image).is_absolute() else file.parent / image
+        image_path = _beside(file, image)
         pairs.append(TrainingPair(f"line {number}", caption, lambda p=image_path: load_image(p)))
     if not pairs:
         raise AnywordError(f"{file} has no usable image-caption pair ({unreadable} unreadable lines)")

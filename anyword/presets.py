@@ -102,10 +102,9 @@ class Preset:
 
     def availability(self) -> Availability:
         """The backbone's and the default segmenter's availability together (missing if either is)."""
-        for part in (self.backbone_availability(), self.segmenter_availability()):
-            if not part.ready:
-                return part
-        return self.backbone_availability()
+        backbone = self.backbone_availability()  # may ask the network: once
+        segmenter = self.segmenter_availability()
+        return segmenter if backbone.ready and not segmenter.ready else backbone
 
     def cost_warning(self, steps: int, device: str | None = None) -> str | None:
         """What ``steps`` learning steps would cost where models run, if that is a CPU and the cost is known."""
@@ -126,7 +125,7 @@ class Preset:
             "settings": self.overrides.to_dict(),
             "learning_steps": self.settings().diffusion.learning.steps,
             "fast_steps": self.settings(Overrides(quality="fast")).diffusion.learning.steps,
-            "shipped_adapter": str(self.shipped_adapter_path()) if self.shipped_adapter_path() else None,
+            "shipped_adapter": str(adapter) if (adapter := self.shipped_adapter_path()) else None,
         }
         if check:
             backbone, segmenter = self.backbone_availability(), self.segmenter_availability()
@@ -183,10 +182,10 @@ def _pretrained(name: str, model: str, description: str) -> Preset:
 
 
 def _shapes_availability() -> Availability:
-    from anyword.diffusion.shapes_model import WEIGHT_FILES, weights_dir
+    from anyword.diffusion.shapes_model import missing_weight_files, weights_dir
 
     folder = weights_dir()
-    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    missing = missing_weight_files(folder)
     if missing:
         return Availability("missing", str(folder), f"the shapes weights are missing ({', '.join(missing)})")
     return Availability("shipped", str(folder))

@@ -55,6 +55,12 @@ def weights_dir() -> Path:
     return Path(str(resources.files("anyword") / "data" / "shapes"))
 
 
+def missing_weight_files(folder: Path | None = None) -> list[str]:
+    """Which of the model's files are not in ``folder`` (default: the package's)."""
+    folder = folder or weights_dir()
+    return [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+
+
 def build_models(seed: int = 0):
     """Fresh (untrained) UNet and text encoder with the preset's configs, seeded."""
     from diffusers import UNet2DConditionModel
@@ -88,7 +94,7 @@ def load_shapes_backbone(
     from anyword.tokens import load_tokenizer
 
     folder = Path(folder) if folder else weights_dir()
-    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    missing = missing_weight_files(folder)
     if missing:
         raise ModelUnavailableError(
             f"the shapes model is missing {', '.join(missing)} in {folder}; train it with "
