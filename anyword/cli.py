@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anyword.errors import AnywordError
+from anyword.evaluation import DATASETS
 from anyword.parsing.openai_parser import MAX_TIMEOUT_S
 from anyword.seeds import MAX_SEED
 from anyword.segment import SEGMENTERS
@@ -471,8 +472,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from anyword.shapes.evaluate import ABLATION, SHAPES_PRESET, evaluate, localization
 
-    if args.dataset != "shapes":
-        raise AnywordError(f"unknown dataset {args.dataset!r}: only 'shapes' ships with the package")
+    if args.out is not None or args.dataset != SHAPES_PRESET:
+        return _benchmark_run(args)
+    _refuse_benchmark_options(args)
+    split = args.split or "seen"
+    n = args.n or 100
 
     if args.localization:
         ignored = [
@@ -502,8 +506,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "dataset": "shapes",
             "localization": {
                 name: localization(
-                    args.split,
-                    args.n,
+                    split,
+                    n,
                     resolutions,
                     timesteps,
                     start=args.start,
@@ -516,12 +520,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         from anyword.pipeline import SegmentAnyword
 
-        pipeline = SegmentAnyword(SHAPES_PRESET, segmenter=args.segmenter, device=args.device, adapter=args.adapter)
+        pipeline = SegmentAnyword(
+            args.preset or SHAPES_PRESET, segmenter=args.segmenter, device=args.device, adapter=args.adapter
+        )
         pipeline.settings = _run_settings(pipeline, args)
         variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
         result = evaluate(
-            args.split,
-            args.n,
+            split,
+            n,
             variants,
             image_size=args.image_size,
             start=args.start,
@@ -532,6 +538,68 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+# Options only the benchmark harness (--out) reads.
+_BENCHMARK_OPTIONS = ("data_root", "image_root", "referent", "no_target", "no_target_threshold", "classes")
+
+
+def _refuse_benchmark_options(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in _BENCHMARK_OPTIONS if getattr(args, name) is not None]
+    if given:
+        raise AnywordError(f"{', '.join(given)} need --out RUN_DIR (a benchmark run)")
+
+
+def _benchmark_run(args: argparse.Namespace) -> int:
+    """A dataset evaluation into --out: resumable, sharded when started by `accelerate launch`."""
+    from anyword.evaluation import DatasetOptions, get_dataset_spec, make_task, open_dataset, print_table
+    from anyword.evaluation.run import current_processes, preflight, run_evaluation
+    from anyword.pipeline import SegmentAnyword
+
+    if args.out is None:
+        raise AnywordError(
+            f"--dataset {args.dataset} needs --out RUN_DIR (predictions.jsonl and summary.json go there)"
+        )
+    if args.ablation or args.localization:
+        raise AnywordError("--ablation and --localization are shapes reports; they cannot be combined with --out")
+    spec = get_dataset_spec(args.dataset)
+    preflight(Path(args.out))
+    options = DatasetOptions(
+        split=args.split or spec.default_split,
+        root=Path(args.data_root) if args.data_root else None,
+        image_root=Path(args.image_root) if args.image_root else None,
+        count=args.start + (args.n or 100),
+        image_size=args.image_size,
+        classes=args.classes or "all",
+    )
+    dataset = open_dataset(args.dataset, options)
+    task = make_task(
+        dataset,
+        referent=args.referent or "first",
+        no_target=None if args.no_target is None else args.no_target == "on",
+        min_concentration=args.no_target_threshold,
+    )
+    _, state = current_processes()
+    device = args.device or (str(state.device) if state is not None else None)
+    preset = args.preset or spec.preset
+    pipeline = SegmentAnyword(
+        preset,
+        segmenter=args.segmenter,
+        device=device,
+        dtype=args.dtype,
+        adapter=_adapter_choice(args),
+        progress=False,
+    )
+    settings = _run_settings(pipeline, args)
+    _warn_cost(pipeline, settings, args)
+    summary = run_evaluation(
+        pipeline, settings, dataset, task, args.out, start=args.start, n=args.n, progress=not args.quiet
+    )
+    if summary is None:  # another process of the run: the main one reports
+        return EXIT_OK
+    print_table(summary)
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return EXIT_OK
 
 
@@ -684,11 +752,51 @@ def build_argument_parser() -> argparse.ArgumentParser:
     _add_parser_options(segment)
     segment.set_defaults(handler=cmd_segment)
 
-    evaluation = commands.add_parser("eval", help="quality on the shapes world: the paper's ablation, localisation")
-    evaluation.add_argument("--dataset", default="shapes", help="shapes (synthetic scenes with ground truth)")
-    evaluation.add_argument("--split", default="seen", choices=("seen", "novel", "train"))
-    evaluation.add_argument("--n", type=_positive_int, default=100, help="number of scenes")
-    evaluation.add_argument("--start", type=_non_negative_int, default=0, help="first scene index")
+    evaluation = commands.add_parser(
+        "eval",
+        help="quality: the paper's benchmarks (--out RUN_DIR; resumable, `accelerate launch` shards it) or the "
+        "shapes world's ablation and localisation reports",
+    )
+    evaluation.add_argument(
+        "--dataset", default="shapes", choices=list(DATASETS), help="benchmark (shapes ships with the package)"
+    )
+    evaluation.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder (official layout)")
+    evaluation.add_argument(
+        "--image-root",
+        default=None,
+        metavar="DIR",
+        help="images elsewhere (default: the layout's, e.g. DATA_ROOT/images/train2014 for the COCO-based sets)",
+    )
+    evaluation.add_argument("--split", default=None, help="dataset split (default val; shapes: seen)")
+    evaluation.add_argument("--n", type=_positive_int, default=None, help="number of samples (default all; shapes 100)")
+    evaluation.add_argument("--start", type=_non_negative_int, default=0, help="first sample index")
+    evaluation.add_argument(
+        "--out", default=None, metavar="RUN_DIR", help="predictions.jsonl + summary.json; rerun to resume"
+    )
+    evaluation.add_argument(
+        "--referent",
+        default=None,
+        choices=("first", "all"),
+        help="referring sets: the referred object is the first concept (default) or all concepts merged",
+    )
+    evaluation.add_argument(
+        "--no-target",
+        default=None,
+        choices=("on", "off"),
+        help="the rule that can answer 'nothing here' (default: on for grefcoco only)",
+    )
+    evaluation.add_argument(
+        "--no-target-threshold",
+        type=_fraction,
+        default=None,
+        help="minimum attention concentration of a present referent (default: the calibrated value)",
+    )
+    evaluation.add_argument(
+        "--classes",
+        default=None,
+        choices=("all", "present"),
+        help="pc59 captions: all 59 class names (default, OVDiff's protocol) or only the image's (an oracle)",
+    )
     evaluation.add_argument(
         "--ablation", action="store_true", help="one row per configuration of the paper's Table 6 (plain ... full)"
     )
@@ -697,7 +805,13 @@ def build_argument_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--image-size", type=_positive_int, default=128, help="rendered scene size (pixels)")
     evaluation.add_argument(
+        "--preset", default=None, type=_preset, help="model setup (default: shapes for shapes, else sd15)"
+    )
+    evaluation.add_argument(
         "--steps", type=_non_negative_int, default=None, help="prompt-learning steps (default: the preset's)"
+    )
+    evaluation.add_argument(
+        "--fast", action="store_true", help="Segment Anyword_f: the adapter and the preset's fast step budget"
     )
     evaluation.add_argument(
         "--learning-rate", type=_positive_float, default=None, help="prompt-learning rate (default: the preset's)"
@@ -705,12 +819,18 @@ def build_argument_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--inversion-steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)"
     )
+    evaluation.add_argument(
+        "--seed", type=_seed, default=None, help=f"seed of prompt learning and sampling, 0 to {MAX_SEED}"
+    )
+    evaluation.add_argument("--no-r1", action="store_true", help="no positive adjective clustering (Table 6 rows)")
+    evaluation.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
     _segmenter_options(evaluation)
     _adapter_option(evaluation)
-    evaluation.add_argument("--device", default=None)
+    evaluation.add_argument("--device", default=None, help="default: each process's accelerator, else the best one")
+    evaluation.add_argument("--dtype", default=None, choices=("fp16", "bf16", "fp32"), help="default: fp16 on CUDA")
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    evaluation.set_defaults(handler=cmd_eval)
+    evaluation.set_defaults(handler=cmd_eval, model=None)
 
     bench = commands.add_parser("bench", help="time and memory of inversion, denoising, attention, prompt learning")
     bench.add_argument("--preset", default=None, type=_preset, help="model setup (default tiny)")

@@ -18,6 +18,7 @@ from PIL import Image
 from anyword import viz
 from anyword.errors import OutputError
 from anyword.pipeline import RANDOM_WEIGHTS_WARNING, SegmentationResult
+from anyword.rle import encode as coco_rle
 
 RESULT_MARKER = "result.json"  # what makes a folder an earlier single-image result
 
@@ -25,14 +26,6 @@ RESULT_MARKER = "result.json"  # what makes a folder an earlier single-image res
 def mask_filename(concept_id: int, noun: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "_", noun.lower()).strip("_")[:40] or "concept"
     return f"{concept_id}_{slug}.png"
-
-
-def coco_rle(mask: np.ndarray) -> dict:
-    """COCO run-length encoding of a bool ``(H, W)`` mask, JSON-ready (``counts`` as text)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def coco_document(result: SegmentationResult, file_name: str = "image") -> dict:

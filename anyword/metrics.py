@@ -12,6 +12,15 @@ Masks are bool ``(H, W)`` arrays. Sources:
   phrases greedily matched to a prediction with IoU >= 0.5 whose phrase matches.
   GranDf decides "phrase matches" by BERT cosine similarity >= 0.5; with no BERT weights offline, ``phrase_match``
   is pluggable and defaults to same root noun and shared words (stricter than BERT similarity).
+* gRefCOCO's full set (ReLA ``gres_model/evaluation/refer_evaluation.py``): :func:`grefcoco_metrics` adds the
+  no-target accuracies N-acc and T-acc and Pr@0.7/0.8/0.9 over the samples that have a target.
+* RefCOCO / RefCOCO+ / RefCOCOg (LAVT's ``train.py`` evaluation, which the referring papers report): overall IoU
+  (cIoU), mean IoU and Pr@0.5..0.9: :func:`refcoco_metrics`.
+* PASCAL-Context 59 (mmsegmentation's ``IoUMetric``): a confusion matrix over the classes, pixels labelled
+  ``ignore`` in the ground truth left out, mIoU the mean of the classes' IoUs that are defined:
+  :func:`confusion_matrix`, :func:`semantic_miou`.
+
+Every metric is a fraction in [0, 1] (the evaluators print percentages).
 """
 
 from __future__ import annotations
@@ -130,10 +139,7 @@ def grandf_ap50(images: Sequence[ImageResult]) -> float:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    def rle(mask: np.ndarray) -> dict:
-        encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        encoded["counts"] = encoded["counts"].decode("ascii")
-        return encoded
+    from anyword.rle import encode as rle
 
     images_info, annotations, detections = [], [], []
     for image_id, result in enumerate(images, 1):
@@ -171,3 +177,103 @@ def grandf_ap50(images: Sequence[ImageResult]) -> float:
     precision = evaluation.eval["precision"][0, :, 0, 0, -1]
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else 0.0
+
+
+@dataclass(frozen=True)
+class ReferringScore:
+    """One referring sample as ReLA's evaluator sees it: intersection and union of the predicted and true masks
+    (pixels), whether the prediction says "no target" and whether the truth has none."""
+
+    intersection: int
+    union: int
+    predicted_empty: bool
+    target_empty: bool
+
+    @classmethod
+    def of(cls, prediction: np.ndarray, target: np.ndarray, predicted_empty: bool, target_empty: bool):
+        return cls(
+            int(np.logical_and(prediction, target).sum()),
+            int(np.logical_or(prediction, target).sum()),
+            bool(predicted_empty),
+            bool(target_empty),
+        )
+
+
+def grefcoco_metrics(scores: Sequence[ReferringScore], thresholds: Sequence[float] = (0.7, 0.8, 0.9)) -> dict:
+    """gRefCOCO's metrics exactly as ReLA computes them.
+
+    A no-target sample scores IoU 1 (and adds nothing to cIoU) when the prediction says "no target", else IoU 0 and
+    its predicted area to the cumulative union. A sample with a target predicted as "no target" keeps its union
+    but no intersection. gIoU is the mean IoU over all samples, Pr@t the share of samples *with* a target whose IoU
+    is at least t, N-acc = TP / (TP + FN) over no-target samples, T-acc = TN / (TN + FP) over the others. Where
+    ReLA prints 0 for an accuracy with no samples to count, this returns ``None``.
+    """
+    nt = {"TP": 0, "FN": 0, "FP": 0, "TN": 0}
+    intersection = union = 0
+    ious, targeted = [], []
+    for score in scores:
+        if score.target_empty:
+            nt["TP" if score.predicted_empty else "FN"] += 1
+            ious.append(1.0 if score.predicted_empty else 0.0)
+            union += 0 if score.predicted_empty else score.union
+            continue
+        nt["FP" if score.predicted_empty else "TN"] += 1
+        hit = 0 if score.predicted_empty else score.intersection
+        iou = hit / score.union if score.union else 0.0
+        intersection, union = intersection + hit, union + score.union
+        ious.append(iou)
+        targeted.append(iou)
+    metrics = {
+        "cIoU": intersection / union if union else 0.0,
+        "gIoU": float(np.mean(ious)) if ious else 0.0,
+        "N_acc": nt["TP"] / (nt["TP"] + nt["FN"]) if nt["TP"] + nt["FN"] else None,
+        "T_acc": nt["TN"] / (nt["TN"] + nt["FP"]) if nt["TN"] + nt["FP"] else None,
+    }
+    for threshold in thresholds:
+        metrics[f"Pr@{threshold:.1f}"] = sum(iou >= threshold for iou in targeted) / len(targeted) if targeted else 0.0
+    metrics["no_target_counts"] = nt
+    return metrics
+
+
+def refcoco_metrics(scores: Sequence[ReferringScore], thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9)) -> dict:
+    """RefCOCO family: cIoU (overall IoU: summed intersections over summed unions), mIoU (mean per-sample IoU)
+    and Pr@t (share of samples with IoU above t, LAVT's ``iou >= t``)."""
+    intersection = sum(s.intersection for s in scores)
+    union = sum(s.union for s in scores)
+    ious = [s.intersection / s.union if s.union else 0.0 for s in scores]
+    metrics = {"cIoU": intersection / union if union else 0.0, "mIoU": float(np.mean(ious)) if ious else 0.0}
+    for threshold in thresholds:
+        metrics[f"Pr@{threshold:.1f}"] = sum(iou >= threshold for iou in ious) / len(ious) if ious else 0.0
+    return metrics
+
+
+def confusion_matrix(prediction: np.ndarray, target: np.ndarray, classes: int, ignore: int = 255) -> np.ndarray:
+    """``(classes, classes + 1)`` int64 counts: row = true class, column = predicted class, the last column
+    pixels with no predicted class (any prediction outside ``0..classes-1``). Pixels whose truth is ``ignore``
+    (or outside the classes) are left out."""
+    prediction = np.asarray(prediction).astype(np.int64)
+    target = np.asarray(target).astype(np.int64)
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction {prediction.shape} and target {target.shape} differ in shape")
+    scored = (target != ignore) & (target >= 0) & (target < classes)
+    predicted = np.where((prediction >= 0) & (prediction < classes), prediction, classes)
+    flat = target[scored] * (classes + 1) + predicted[scored]
+    return np.bincount(flat, minlength=classes * (classes + 1)).reshape(classes, classes + 1)
+
+
+def semantic_miou(matrix: np.ndarray) -> dict:
+    """mIoU from a :func:`confusion_matrix`: per class IoU = TP / (true + predicted - TP); classes whose union is
+    empty are undefined and left out of the mean (mmsegmentation's ``nanmean``)."""
+    classes = matrix.shape[0]
+    true_positive = np.diag(matrix[:, :classes]).astype(np.float64)
+    union = matrix.sum(axis=1) + matrix[:, :classes].sum(axis=0) - true_positive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, true_positive / np.maximum(union, 1), np.nan)
+    defined = iou[~np.isnan(iou)]
+    scored = matrix.sum()
+    return {
+        "mIoU": float(defined.mean()) if defined.size else 0.0,
+        "aAcc": float(true_positive.sum() / scored) if scored else 0.0,
+        "classes_scored": int(defined.size),
+        "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+    }

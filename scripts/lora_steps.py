@@ -53,7 +53,9 @@ def measure(args: argparse.Namespace) -> None:
                     "miou": row["miou"],
                     "giou": row["giou"],
                     "ciou": row["ciou"],
+                    "phrases": result["phrases"],
                     "seconds": round(time.perf_counter() - started, 1),
+                    "torch_threads": torch.get_num_threads(),
                 }
                 args.out.write_text(json.dumps(data, indent=1))
                 print(key, round(row["miou"], 4), round(row["giou"], 4), flush=True)

@@ -384,7 +384,7 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dataset", "coco"], "unknown dataset 'coco'"),
+        (["--dataset", "coco"], "invalid choice: 'coco'"),
         (["--n", "0"], "--n"),
         (["--start", "-3"], "--start"),
         (["--localization", "--steps", "5"], "--steps cannot be combined with --localization"),

@@ -1,0 +1,132 @@
+"""Evaluation on the paper's benchmarks: dataset loaders in their official layouts, the official metrics, and a
+resumable run sharded over processes (``anyword eval --dataset ... --out RUN_DIR``).
+
+:data:`DATASETS` is the one registry of datasets; a new one is a loader module plus an entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from anyword.errors import AnywordError
+from anyword.evaluation.base import GROUNDED, REFERRING, SEMANTIC, EvalDataset, Sample
+from anyword.evaluation.grandf import GranDf
+from anyword.evaluation.pascal_context import PascalContext59
+from anyword.evaluation.referring import GRefCoco, RefCoco, RefCocoG, RefCocoPlus
+from anyword.evaluation.run import print_table, run_evaluation
+from anyword.evaluation.shapes_scenes import ShapesReferring, ShapesScenes
+from anyword.evaluation.tasks import Grounded, NoTargetRule, Referring, Semantic, Task
+from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET
+
+SHAPES_PRESET = OFFLINE_PRESET  # the model trained on the shapes world
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Where and how to open a dataset: its folder and split; ``image_root`` for other image layouts; ``count``
+    and ``image_size`` the shapes world's (how many scenes exist, their size); ``classes`` PASCAL-Context's caption
+    protocol ("all" or the oracle "present")."""
+
+    split: str
+    root: Path | None = None
+    image_root: Path | None = None
+    count: int = 100
+    image_size: int = 128
+    classes: str = "all"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset the harness knows: how to open it, its splits, whether it has a data root, and whether the
+    no-target rule is on by default (only where the benchmark scores "no target")."""
+
+    name: str
+    description: str
+    opener: Callable[[DatasetOptions], EvalDataset]
+    splits: tuple[str, ...]
+    default_split: str
+    needs_root: bool = True
+    no_target: bool = False
+    preset: str = DEFAULT_PRESET
+
+
+def _coco_opener(kind):
+    return lambda o: kind(o.root, o.split, o.image_root)
+
+
+DATASETS = {
+    "grefcoco": DatasetSpec(
+        "grefcoco", "gRefCOCO (ReLA): multi-target and no-target expressions", _coco_opener(GRefCoco),
+        GRefCoco.splits, "val", no_target=True,
+    ),
+    "refcoco": DatasetSpec("refcoco", "RefCOCO (unc)", _coco_opener(RefCoco), RefCoco.splits, "val"),
+    "refcoco+": DatasetSpec("refcoco+", "RefCOCO+ (unc)", _coco_opener(RefCocoPlus), RefCocoPlus.splits, "val"),
+    "refcocog": DatasetSpec("refcocog", "RefCOCOg (umd)", _coco_opener(RefCocoG), RefCocoG.splits, "val"),
+    "grandf": DatasetSpec(
+        "grandf", "GranDf grounded conversation (GLaMM)", _coco_opener(GranDf), GranDf.splits, "val"
+    ),
+    "pc59": DatasetSpec(
+        "pc59", "PASCAL-Context 59 classes", lambda o: PascalContext59(o.root, o.split, o.image_root, o.classes),
+        PascalContext59.splits, "val",
+    ),
+    "shapes": DatasetSpec(
+        "shapes", "synthetic shape scenes (ships with the package)",
+        lambda o: ShapesScenes(o.split, o.count, o.image_size), ShapesScenes.splits, "seen", needs_root=False,
+        preset=SHAPES_PRESET,
+    ),
+    "shapes-referring": DatasetSpec(
+        "shapes-referring", "shape scenes with referring expressions, half naming an absent shape",
+        lambda o: ShapesReferring(o.split, o.count, o.image_size), ShapesReferring.splits, "seen",
+        needs_root=False, no_target=True, preset=SHAPES_PRESET,
+    ),
+}  # fmt: skip
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise AnywordError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def open_dataset(name: str, options: DatasetOptions) -> EvalDataset:
+    """The dataset ``name`` (a key of :data:`DATASETS`) as ``options`` say."""
+    spec = get_dataset_spec(name)
+    if spec.needs_root:
+        if options.root is None:
+            raise AnywordError(f"--data-root is required for {name}: the folder holding it in its official layout")
+        if not Path(options.root).is_dir():
+            raise AnywordError(f"--data-root {options.root} is not a folder")
+    return spec.opener(options)
+
+
+def make_task(
+    dataset: EvalDataset, referent: str = "first", no_target: bool | None = None, min_concentration: float | None = None
+) -> Task:
+    """The task that scores ``dataset``; for referring data, the referent rule and the no-target rule (on by
+    default where the dataset scores it)."""
+    if dataset.task == REFERRING:
+        enabled = get_dataset_spec(dataset.name).no_target if no_target is None else no_target
+        rule = NoTargetRule(enabled) if min_concentration is None else NoTargetRule(enabled, min_concentration)
+        return Referring(referent=referent, no_target=rule)
+    return Grounded() if dataset.task == GROUNDED else Semantic()
+
+
+__all__ = [
+    "DATASETS",
+    "GROUNDED",
+    "REFERRING",
+    "SEMANTIC",
+    "DatasetOptions",
+    "DatasetSpec",
+    "EvalDataset",
+    "NoTargetRule",
+    "Sample",
+    "Task",
+    "get_dataset_spec",
+    "make_task",
+    "open_dataset",
+    "print_table",
+    "run_evaluation",
+]

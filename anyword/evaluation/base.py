@@ -1,0 +1,105 @@
+"""What every dataset loader gives the evaluation: samples, their images and their ground truth.
+
+Three kinds of task, as the paper's tables: ``referring`` (one expression -> one mask, possibly "no target":
+gRefCOCO, RefCOCO family), ``grounded`` (a caption with several phrases, one mask each: GranDf, shapes) and
+``semantic`` (class names -> a label map: PASCAL-Context 59). Masks are bool ``(H, W)`` at the image's size; label
+maps are int ``(H, W)`` with :data:`IGNORE` where no class is scored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anyword.errors import AnywordError
+
+REFERRING, GROUNDED, SEMANTIC = "referring", "grounded", "semantic"
+IGNORE = 255
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One unit of evaluation (a sentence, a caption, an image).
+
+    ``key`` is unique and stable within the dataset split (it keys resumed runs); ``ids`` carries the dataset's own
+    ids (``sent_id``, ``ref_id``, ``image_id``); ``image`` the image file; ``caption`` the text the pipeline reads;
+    ``phrases`` the concepts to segment when the dataset fixes them (semantic classes), else empty (the caption is
+    parsed).
+    """
+
+    key: str
+    ids: dict[str, Any]
+    image: Path | None
+    caption: str
+    phrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReferringTarget:
+    """The merged mask of every object an expression refers to; ``empty`` when it refers to none (gRefCOCO)."""
+
+    mask: np.ndarray
+    empty: bool = False
+
+
+@dataclass(frozen=True)
+class GroundedTarget:
+    """One mask per ground-truth phrase."""
+
+    masks: tuple[np.ndarray, ...]
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SemanticTarget:
+    """A label map: class index per pixel, :data:`IGNORE` where unscored."""
+
+    labels: np.ndarray
+    class_names: tuple[str, ...] = field(default=())
+
+
+class EvalDataset(ABC):
+    """Base of the loaders: ``name``, ``split``, ``task``; :meth:`samples`, :meth:`image`, :meth:`target`."""
+
+    name: str = ""
+    task: str = REFERRING
+    splits: tuple[str, ...] = ()
+
+    def __init__(self, split: str):
+        if self.splits and split not in self.splits:
+            raise AnywordError(f"{self.name} has no split {split!r}: choose one of {', '.join(self.splits)}")
+        self.split = split
+
+    @abstractmethod
+    def samples(self) -> list[Sample]:
+        """Every sample of the split, in the dataset's order."""
+
+    def concepts(self, sample: Sample) -> tuple[str, ...]:
+        """The phrases to segment when the dataset fixes them (empty: parse the caption)."""
+        return sample.phrases
+
+    def image(self, sample: Sample) -> np.ndarray:
+        from anyword.images import load_image
+
+        return load_image(sample.image)
+
+    @abstractmethod
+    def target(self, sample: Sample):
+        """The sample's ground truth (a :class:`ReferringTarget`, :class:`GroundedTarget` or
+        :class:`SemanticTarget`, as :attr:`task` says)."""
+
+    def describe(self) -> dict:
+        """What the summary records about the data (name, split, where it was read)."""
+        return {"dataset": self.name, "split": self.split, "task": self.task}
+
+
+def image_path(root: Path, file_name: str) -> Path:
+    """``root / file_name``, refusing names that leave ``root`` (a dataset file is data, not a path to trust)."""
+    path = (root / file_name).resolve()
+    if root.resolve() not in path.parents:
+        raise AnywordError(f"image name {file_name!r} points outside {root}")
+    return path

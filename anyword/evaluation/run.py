@@ -1,0 +1,258 @@
+"""A resumable evaluation run, sharded over processes with accelerate.
+
+``RUN_DIR/predictions.jsonl`` holds one record per sample (ids, prediction, timings, or ``error``), written as
+each sample finishes; ``RUN_DIR/summary.json`` the metrics over the requested samples. Each process appends to its
+own ``parts/<invocation>-rank<r>.jsonl`` (one line per finished sample, flushed and synced); the main process waits
+for every part to be marked done, merges them into ``predictions.jsonl`` and scores it. Rerunning the same command
+into the same folder reuses every successful record and computes the rest (failures are retried); a run with
+other settings is refused (``run.json`` records what the folder holds). Processes are given samples in turn
+(``todo[rank::world]``), so the merged records, and hence the metrics, do not depend on the number of processes.
+
+Under ``accelerate launch`` only one collective runs (at the start, all processes alive): the invocation id is
+broadcast; the end is a wait on files, so processes that finish hours apart never hit a collective timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from anyword.errors import AnywordError
+from anyword.evaluation.base import EvalDataset, Sample
+from anyword.evaluation.tasks import Task
+
+RUN_FILE, PREDICTIONS, SUMMARY, PARTS = "run.json", "predictions.jsonl", "summary.json", "parts"
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the evaluation's processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# Where launchers put the number of processes: torchrun (what `accelerate launch --multi_gpu` runs) and MPI
+# (what `accelerate launch --cpu --num_processes N --mpirun_hostfile F` runs).
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def current_processes() -> tuple[Processes, object | None]:
+    """The rank and number of processes from accelerate (1 process when not launched by a multi-process
+    launcher), and accelerate's state. Without a GPU the processes talk over gloo on the CPU."""
+    if max(int(os.environ.get(name, "1")) for name in _WORLD_SIZE_VARIABLES) <= 1:
+        return Processes(), None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(
+        cpu=not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
+    return Processes(state.process_index, state.num_processes), state
+
+
+def run_identity(dataset: EvalDataset, task: Task, settings, models: dict) -> dict:
+    """What makes two runs the same: data, task options, settings, models (not where or on which device)."""
+    models = {k: v for k, v in models.items() if k != "device"}
+    identity = {
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "task": task.name,
+        "evaluation": task.describe(),
+        "settings": settings.to_dict(),
+        "models": models,
+    }
+    return json.loads(json.dumps(identity))  # as run.json will hold it (lists, not tuples)
+
+
+def preflight(out: Path) -> None:
+    """Refuse, before any model loads, an ``--out`` that can never hold a run: a file, or a folder with other
+    things in it."""
+    if out.exists() and not out.is_dir():
+        raise AnywordError(f"--out {out} is a file; give a folder (it is created if missing)")
+    if out.is_dir() and not (out / RUN_FILE).is_file() and any(out.iterdir()):
+        raise AnywordError(f"--out {out} is not empty and holds no evaluation run; use an empty or new folder")
+
+
+def check_run_folder(out: Path, identity: dict) -> None:
+    """Refuse a folder holding another run (or anything else); record this run's identity in a new one."""
+    record = out / RUN_FILE
+    if record.is_file():
+        earlier = json.loads(record.read_text())
+        if earlier != identity:
+            changed = sorted(k for k in identity.keys() | earlier.keys() if identity.get(k) != earlier.get(k))
+            raise AnywordError(
+                f"{out} holds a run with other {', '.join(changed)}; use another --out folder (or delete it)"
+            )
+        return
+    preflight(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(record, json.dumps(identity, indent=1, sort_keys=True))
+
+
+def read_records(out: Path, skip_invocation: str | None = None) -> dict[str, dict]:
+    """Every record in the folder by sample key: a success wins over a failure, a later line over an earlier one.
+    A line cut short (the process was killed while writing it) is skipped; so are the parts of
+    ``skip_invocation`` (the running one, which other processes may be writing)."""
+    records: dict[str, dict] = {}
+    parts = sorted((out / PARTS).glob("*.jsonl")) if out.is_dir() else []
+    parts = [f for f in parts if skip_invocation is None or not f.name.startswith(f"{skip_invocation}-")]
+    files = [out / PREDICTIONS, *parts]
+    for file in files:
+        if not file.is_file():
+            continue
+        for line in file.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            known = records.get(record.get("key"))
+            if known is None or "error" in known or "error" not in record:
+                records[record["key"]] = record
+    return records
+
+
+def evaluate_sample(pipeline, settings, dataset: EvalDataset, task: Task, sample: Sample, rank: int = 0) -> dict:
+    """One record: the sample's ids and the task's prediction, or ``error`` (the run goes on); ``rank`` is the
+    process that made it."""
+    record = {"key": sample.key, **sample.ids, "caption": sample.caption, "rank": rank}
+    started = time.perf_counter()
+    try:
+        image = dataset.image(sample)
+        record.update(task.predict(pipeline, settings, dataset, sample, image))
+    except Exception as error:  # one bad sample is recorded; the others go on
+        record["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, AnywordError) else str(error)
+    record["seconds"] = round(time.perf_counter() - started, 4)
+    return record
+
+
+def run_evaluation(
+    pipeline,
+    settings,
+    dataset: EvalDataset,
+    task: Task,
+    out: str | Path,
+    start: int = 0,
+    n: int | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Evaluate samples ``start .. start+n-1`` into ``out``; the summary on the main process, ``None`` elsewhere."""
+    out = Path(out)
+    processes, state = current_processes()
+    samples = dataset.samples()[start : None if n is None else start + n]
+    if not samples:
+        raise AnywordError(f"{dataset.name} {dataset.split} has no samples from index {start}")
+    identity = run_identity(dataset, task, settings, pipeline.models())
+    invocation = _start(out, identity, processes, state)
+    before = read_records(out, skip_invocation=invocation)
+    reused = {s.key for s in samples if s.key in before and "error" not in before[s.key]}
+    todo = [s for s in samples if s.key not in reused]
+    mine = todo[processes.rank :: processes.world]
+    parts = out / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    part = parts / f"{invocation}-rank{processes.rank}.jsonl"
+    bar = tqdm(
+        mine, desc=f"{dataset.name} {dataset.split} [{processes.rank}]", disable=not progress, position=processes.rank
+    )
+    with part.open("a", encoding="utf-8") as file:
+        for sample in bar:
+            file.write(json.dumps(evaluate_sample(pipeline, settings, dataset, task, sample, processes.rank)) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+    part.with_suffix(".done").touch()
+    if not processes.main:
+        return None
+    _wait_for_parts(parts, invocation, processes.world)
+    return _merge_and_score(out, dataset, task, samples, reused, identity, processes.world)
+
+
+def _start(out: Path, identity: dict, processes: Processes, state) -> str:
+    """The main process checks the folder; every process gets the same invocation id, or the same error (the
+    only collective of the run, while all processes are alive)."""
+    message = None
+    if processes.main:
+        try:
+            check_run_folder(out, identity)
+        except AnywordError as error:
+            message = str(error)
+    shared = [uuid.uuid4().hex[:12], message]
+    if state is not None:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(shared, from_process=0)
+    if shared[1] is not None:
+        raise AnywordError(shared[1])
+    return shared[0]
+
+
+def _wait_for_parts(parts: Path, invocation: str, world: int) -> None:
+    while len(list(parts.glob(f"{invocation}-rank*.done"))) < world:
+        time.sleep(POLL_S)
+
+
+def _merge_and_score(out, dataset, task, samples, reused, identity, world) -> dict:
+    records = read_records(out)
+    order = {s.key: i for i, s in enumerate(dataset.samples())}
+    lines = sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
+    _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in lines))
+    for file in (out / PARTS).iterdir():
+        file.unlink()
+    (out / PARTS).rmdir()
+    summary = summarize(dataset, task, samples, records, reused, identity, world)
+    _write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
+    return summary
+
+
+def summarize(dataset, task, samples, records, reused, identity, world) -> dict:
+    """The summary of ``samples`` from their records: counts, metrics (official names, fractions)."""
+    chosen = [records[s.key] for s in samples if s.key in records]
+    ok = [r for r in chosen if "error" not in r]
+    by_key = {s.key: s for s in samples}
+    seconds = [r["seconds"] for r in ok if r["key"] not in reused]
+    return {
+        **identity,
+        "data": dataset.describe(),
+        "samples": {"first": samples[0].key, "last": samples[-1].key, "count": len(samples)},
+        "counts": {
+            "done": sum(1 for r in ok if r["key"] not in reused),
+            "reused": len(reused),
+            "failed": len(chosen) - len(ok),
+            "missing": len(samples) - len(chosen),
+        },
+        "failures": [{"key": r["key"], "error": r["error"]} for r in chosen if "error" in r][:50],
+        "metrics": task.metrics(dataset, by_key, ok),
+        "seconds_per_sample": sum(seconds) / len(seconds) if seconds else None,
+        "processes": world,
+    }
+
+
+def print_table(summary: dict, stream=sys.stderr) -> None:
+    """The metrics as a small table (percentages, as the papers print them)."""
+    metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, float | int) or v is None}
+    counts = summary["counts"]
+    print(
+        f"{summary['dataset']} {summary['split']}: {counts['done']} done, {counts['reused']} reused, "
+        f"{counts['failed']} failed",
+        file=stream,
+    )
+    for name, value in metrics.items():
+        shown = "-" if value is None else (f"{100 * value:6.2f}" if isinstance(value, float) else str(value))
+        print(f"  {name:<16}{shown}", file=stream)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)

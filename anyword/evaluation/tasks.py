@@ -1,0 +1,216 @@
+"""Per task: turn one pipeline run into a prediction record (JSON, masks as COCO RLE at the image's size), and
+score a list of records against the dataset's ground truth with the official metrics.
+
+Records are what ``predictions.jsonl`` holds, so the metrics are a function of that file and the dataset alone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from anyword.evaluation.base import GROUNDED, IGNORE, REFERRING, SEMANTIC, EvalDataset, Sample
+from anyword.evaluation.pascal_context import caption_chunks, caption_name
+from anyword.metrics import (
+    ImageResult,
+    ReferringScore,
+    confusion_matrix,
+    grandf_ap50,
+    grandf_miou,
+    grandf_recall,
+    grefcoco_metrics,
+    refcoco_metrics,
+    semantic_miou,
+)
+from anyword.parsing.concepts import Concept, Mention, ParseResult
+from anyword.rle import decode as rle_mask
+from anyword.rle import encode as coco_rle
+
+REFERENT_CHOICES = ("first", "all")
+# Chosen on shapes validation scenes (scripts/no_target_rule.py -> docs/results/no-target.json); see NoTargetRule.
+CALIBRATED_MIN_CONCENTRATION = 0.5
+
+
+@dataclass(frozen=True)
+class NoTargetRule:
+    """Says "nothing here" for a referring expression whose referent's attention is not concentrated.
+
+    ``concentration`` is the share of the referent's 16x16 concept map (min-max normalised) lying at or above the
+    prompt threshold: a present object gathers its attention in one place, an absent one spreads it. Below
+    ``min_concentration`` the prediction is "no target" and its mask empty.
+    """
+
+    enabled: bool = False
+    min_concentration: float = CALIBRATED_MIN_CONCENTRATION
+
+    def decide(self, concentration: float) -> bool:
+        return self.enabled and concentration < self.min_concentration
+
+
+def concentration(grid_map: np.ndarray, threshold: float) -> float:
+    """Share of a normalised map's mass at or above ``threshold`` (0 for an empty map)."""
+    total = float(grid_map.sum())
+    return float(grid_map[grid_map >= threshold].sum() / total) if total > 0 else 0.0
+
+
+def _concepts_record(result) -> list[dict]:
+    return [
+        {
+            "id": concept.id,
+            "phrase": concept.phrase,
+            "points": [p.to_dict() for p in result.prompts.for_concept(concept.id)],
+            "score": result.scores.get(concept.id),
+        }
+        for concept in result.concepts
+    ]
+
+
+def fixed_parse(caption_names: tuple[str, ...]) -> ParseResult:
+    """A parse whose concepts are given names (no parser): the caption lists them, comma-separated."""
+    concepts, caption = [], ""
+    for index, name in enumerate(caption_names):
+        start = len(caption)
+        caption += name
+        span = (start, len(caption))
+        concepts.append(Concept(index, name, name, (), (Mention(span=span, noun=span),)))
+        caption += ", "
+    return ParseResult(caption.rstrip(", "), tuple(concepts), parser="given", requested_parser="given")
+
+
+class Task(ABC):
+    name: str
+
+    @abstractmethod
+    def predict(self, pipeline, settings, dataset: EvalDataset, sample: Sample, image: np.ndarray) -> dict:
+        """Run the pipeline on one sample; the record's prediction fields."""
+
+    @abstractmethod
+    def metrics(self, dataset: EvalDataset, samples: dict[str, Sample], records: list[dict]) -> dict:
+        """The official metrics of ``records`` (successful predictions) against the dataset's truth."""
+
+
+@dataclass(frozen=True)
+class Referring(Task):
+    """One expression -> one mask: the referent's (the first concept: the head of a referring expression, which
+    names the referred object first; or ``"all"`` concepts merged), or none when the no-target rule says so."""
+
+    referent: str = "first"
+    no_target: NoTargetRule = NoTargetRule()
+    name: str = REFERRING
+
+    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
+        result = pipeline.run(image, sample.caption, settings=settings)
+        chosen = [c.id for c in result.concepts][: 1 if self.referent == "first" else None]
+        mask = np.zeros(image.shape[:2], dtype=bool)
+        for concept_id in chosen:
+            mask |= result.masks[concept_id]
+        grids = [result.attention.maps.concept_map(c, size="grid") for c in chosen]
+        threshold = settings.prompts.threshold
+        score = max(concentration(grid, threshold) for grid in grids)
+        no_target = self.no_target.decide(score)
+        if no_target:
+            mask[:] = False
+        return {
+            "mask": coco_rle(mask),
+            "no_target": no_target,
+            "concentration": score,
+            "region_share": min(float((grid >= threshold).mean()) for grid in grids),
+            "referent": chosen,
+            "concepts": _concepts_record(result),
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+
+    def metrics(self, dataset, samples, records) -> dict:
+        scores = []
+        for record in records:
+            target = dataset.target(samples[record["key"]])
+            scores.append(ReferringScore.of(rle_mask(record["mask"]), target.mask, record["no_target"], target.empty))
+        if getattr(dataset, "metric_set", "refcoco") == "grefcoco":
+            return grefcoco_metrics(scores)
+        return refcoco_metrics(scores)
+
+    def describe(self) -> dict:
+        return {"referent": self.referent, "no_target": asdict(self.no_target)}
+
+
+@dataclass(frozen=True)
+class Grounded(Task):
+    """A caption with several phrases -> one mask per parsed concept; GranDf's AP50, mIoU and recall."""
+
+    name: str = GROUNDED
+
+    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
+        result = pipeline.run(image, sample.caption, settings=settings)
+        masks = [{"phrase": c.phrase, "rle": coco_rle(result.masks[c.id])} for c in result.concepts]
+        return {
+            "masks": masks,
+            "concepts": _concepts_record(result),
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+
+    def metrics(self, dataset, samples, records) -> dict:
+        images = []
+        for record in records:
+            target = dataset.target(samples[record["key"]])
+            images.append(
+                ImageResult(
+                    predictions=[rle_mask(m["rle"]) for m in record["masks"]],
+                    predicted_phrases=[m["phrase"] for m in record["masks"]],
+                    targets=list(target.masks),
+                    target_phrases=list(target.phrases),
+                )
+            )
+        return {"AP50": grandf_ap50(images), "mIoU": grandf_miou(images), "recall": grandf_recall(images)}
+
+    def describe(self) -> dict:
+        return {}
+
+
+@dataclass(frozen=True)
+class Semantic(Task):
+    """Class names -> a label map: each caption of names is run on its own; a pixel takes the class whose mask
+    covers it with the highest attention, or none."""
+
+    name: str = SEMANTIC
+
+    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
+        names = dataset.concepts(sample)
+        height, width = image.shape[:2]
+        best = np.full((height, width), -1.0, dtype=np.float32)
+        labels = np.full((height, width), IGNORE, dtype=np.int64)
+        concepts, timings = [], {}
+        for chunk in caption_chunks(names):
+            parse = fixed_parse(tuple(caption_name(n) for n in chunk))
+            result = pipeline.run(image, parse, settings=settings)
+            for concept, name in zip(result.concepts, chunk, strict=True):
+                heat = np.where(result.masks[concept.id], result.heatmap(concept.id), -1.0)
+                better = heat > best
+                best[better], labels[better] = heat[better], dataset.class_names.index(name)
+            concepts += _concepts_record(result)
+            for key, value in result.timings.items():
+                timings[key] = round(timings.get(key, 0.0) + value, 4)
+        present = [int(k) for k in np.unique(labels) if k != IGNORE]
+        return {
+            "labels": [{"class": k, "name": dataset.class_names[k], "rle": coco_rle(labels == k)} for k in present],
+            "classes_named": list(names),
+            "concepts": concepts,
+            "timings": timings,
+        }
+
+    def metrics(self, dataset, samples, records) -> dict:
+        classes = len(dataset.class_names)
+        matrix = np.zeros((classes, classes + 1), dtype=np.int64)
+        for record in records:
+            target = dataset.target(samples[record["key"]])
+            predicted = np.full(target.labels.shape, IGNORE, dtype=np.int64)
+            for entry in record["labels"]:
+                predicted[rle_mask(entry["rle"])] = entry["class"]
+            matrix += confusion_matrix(predicted, target.labels, classes)
+        metrics = semantic_miou(matrix)
+        metrics["per_class_iou"] = dict(zip(dataset.class_names, metrics["per_class_iou"], strict=True))
+        return metrics
+
+    def describe(self) -> dict:
+        return {}
