@@ -7,6 +7,7 @@ and memory only (timing does not depend on weight values).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import resource
 import statistics
@@ -255,4 +256,83 @@ def run_segmenter_benchmark(
         "image": f"{width}x{height}",
         "torch_threads": torch.get_num_threads(),
         "segmenters": rows,
+    }
+
+
+def run_speed_benchmark(
+    preset: str = TEST_PRESET,
+    device: str | None = None,
+    dtype: str | None = None,
+    learning_steps: int = 5,
+    steps: int = 10,
+    seed: int = 0,
+    fast=None,
+) -> dict:
+    """The eager path against the fast one (:data:`anyword.diffusion.speed.FAST`: compiled prompt learning,
+    channels-last, no per-step host sync), same process and inputs: seconds per prompt-learning step (batch 8) and
+    per batch-1 UNet step (inversion; denoising with 16x16 recording), their ratios (eager / fast), the fast path's
+    one-time warm-up (compile), and how far its results are from the eager ones. ``fast``: another
+    :class:`~anyword.diffusion.speed.SpeedSettings` to compare instead."""
+    from anyword.diffusion import LearningSettings, ddim_denoise, ddim_invert, learn_embeddings, make_schedule
+    from anyword.diffusion.attention import record_cross_attention
+    from anyword.diffusion.speed import EAGER, FAST
+
+    fast = fast or FAST
+    from anyword.images import ImageFrame
+    from anyword.presets import get_preset
+    from anyword.tokens import align_tokens
+
+    base = get_preset(preset).load(device=device, dtype=dtype, seed=seed)
+    image = (np.random.default_rng(seed).random((base.resolution, base.resolution, 3)) * 255).astype(np.uint8)
+    latents = base.encode_image(ImageFrame(image.shape[1], image.shape[0], base.resolution).to_model(image))
+    parse = bench_parse()
+    alignment = align_tokens(parse.caption, parse.concepts, base.tokenizer)
+    learning = LearningSettings(steps=learning_steps)
+    schedule = make_schedule(base.scheduler, steps)
+    with torch.no_grad():
+        states = base.text_states(alignment.input_ids)
+
+    def timed(function):
+        _synchronize(base.device)
+        start = time.perf_counter()
+        value = function()
+        _synchronize(base.device)
+        return time.perf_counter() - start, value
+
+    rows, outputs, warmup = {}, {}, {}
+    kind = base.prediction_type
+    for name, speed in (("eager", EAGER), ("fast", fast)):
+        backbone = base.with_speed(speed)
+
+        def predict(z, t, backbone=backbone):
+            return backbone.unet_forward(z, t, states)
+
+        warmup[name], _ = timed(lambda b=backbone: learn_embeddings(b, latents, alignment, LearningSettings(1)))
+        learn_s, learned = timed(lambda b=backbone: learn_embeddings(b, latents, alignment, learning, seed=seed))
+        with torch.no_grad():
+            invert_s, trajectory = timed(lambda p=predict: ddim_invert(p, latents, schedule, kind))
+            with record_cross_attention(backbone.unet, (16,)) as recorder:
+                recorder.active = True
+                denoise_s, _ = timed(lambda p=predict, tr=trajectory: ddim_denoise(p, tr, schedule, kind))
+                grids = recorder.average()
+        rows[name] = {
+            "prompt_learning_s_per_step": learn_s / learning_steps,
+            "inversion_s_per_step": invert_s / steps,
+            "denoise_recorded_s_per_step": denoise_s / steps,
+        }
+        outputs[name] = (learned.vectors.float().cpu(), grids)
+    base.with_speed(EAGER)
+    (eager_vectors, eager_grids), (fast_vectors, fast_grids) = outputs["eager"], outputs["fast"]
+    return {
+        "speed_benchmark_preset": preset,
+        "speed_fast": dataclasses.asdict(fast),
+        "speed_eager": rows["eager"],
+        "speed_fast_path": rows["fast"],
+        "speed_ratio": {key: rows["eager"][key] / rows["fast"][key] for key in rows["eager"]},
+        "speed_warmup_s": {"eager": warmup["eager"], "fast": warmup["fast"]},
+        "speed_parity": {
+            "embeddings_max_abs_diff": float((eager_vectors - fast_vectors).abs().max()),
+            "maps_max_abs_diff": float(np.abs(eager_grids - fast_grids).max()),
+        },
+        "torch_threads": torch.get_num_threads(),
     }

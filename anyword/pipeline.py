@@ -26,6 +26,7 @@ from anyword.adapters import Adapter, apply_adapter, read_adapter
 from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
 from anyword.diffusion.adaptation import AdapterError
 from anyword.diffusion.extract import learned_embeddings_key
+from anyword.diffusion.speed import EAGER, SPEEDS, SpeedSettings
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
 from anyword.presets import DEFAULT_PRESET, PRESETS, SHIPPED, Preset, custom_preset, get_preset
@@ -226,6 +227,7 @@ class SegmentAnyword:
         progress: bool = False,
         embeddings_dir: str | Path | None = None,
         adapter: str | Path | None = None,
+        speed: SpeedSettings | str = EAGER,
     ):
         if isinstance(backbone, Backbone):
             self.preset = PRESETS.get(backbone.name) or custom_preset(backbone.name)
@@ -234,6 +236,7 @@ class SegmentAnyword:
         self._backbone = backbone if isinstance(backbone, Backbone) else None
         self.adapter = resolve_adapter(self.preset, adapter)  # checked now: a wrong folder fails before any load
         self._device, self._dtype = device, dtype
+        self.speed = SPEEDS[speed] if isinstance(speed, str) else speed
         self._segmenters: dict[str, Segmenter] = {}
         if segmenter is None or isinstance(segmenter, str):
             self.segmenter_name = segmenter or self.preset.segmenter
@@ -261,6 +264,8 @@ class SegmentAnyword:
                 self._backbone = self.preset.load(device=self._device, dtype=self._dtype)
             if self.adapter is not None and self._backbone.adapter != self.adapter.ident:
                 self._backbone = apply_adapter(self._backbone, self.adapter)
+            if self._backbone.speed != self.speed:
+                self._backbone = self._backbone.with_speed(self.speed)
             return self._backbone
 
     @property
@@ -298,6 +303,7 @@ class SegmentAnyword:
             "adapter": self.adapter.ident if self.adapter is not None else None,
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).removeprefix("torch."),
+            "speed": self.speed.name,
             "segmenter": chosen.name,
             "segmenter_random_weights": bool(getattr(chosen, "random_weights", False)),
             "parser": self.parser.name,

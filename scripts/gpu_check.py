@@ -92,7 +92,7 @@ def main() -> int:
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0),
     }
-    from anyword.bench import run_benchmark, run_edit_benchmark, run_segmenter_benchmark
+    from anyword.bench import run_benchmark, run_edit_benchmark, run_segmenter_benchmark, run_speed_benchmark
 
     sections = {
         "tiny_cuda_pipeline": lambda: pipeline_smoke("tiny", 10),
@@ -100,6 +100,7 @@ def main() -> int:
         "segmenters_full_size_random": lambda: run_segmenter_benchmark("sd15-random", device="cuda"),
         "sd15_random_pipeline_50_steps": lambda: pipeline_smoke("sd15-random", SHORT_LEARNING_STEPS),
         "tiny_edit_benchmark": lambda: run_edit_benchmark("tiny", device="cuda"),
+        "speed_sd15_random": lambda: run_speed_benchmark("sd15-random", device="cuda", learning_steps=20, steps=50),
     }
     for name, section in sections.items():
         started = time.perf_counter()

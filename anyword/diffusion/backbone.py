@@ -7,12 +7,15 @@ never written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from anyword.diffusion.speed import EAGER, SpeedSettings, compiled_unet, memory_format
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Backbone:
         random_weights: True for presets built from configs with random weights (outputs mean nothing).
         source: where the weights came from (hub id, folder, "random"; "+ adapter ID" once one is merged).
         adapter: the id of the text-encoder adapter merged into ``text_encoder``, or ``None``.
+        speed: how the UNet runs (:mod:`anyword.diffusion.speed`; eager by default).
     """
 
     name: str
@@ -45,6 +49,8 @@ class Backbone:
     random_weights: bool = False
     source: str = ""
     adapter: str | None = None
+    speed: SpeedSettings = EAGER
+    _learning_unet: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for module in self.modules():
@@ -105,11 +111,26 @@ class Backbone:
         with override_token_embeddings(self.text_encoder, embeddings.positions, embeddings.position_vectors()):
             return self.text_encoder(ids)[0]
 
-    def unet_forward(self, latents: torch.Tensor, timesteps, text_states: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction (epsilon or v, per the scheduler) for a batch of latents."""
+    def unet_forward(
+        self, latents: torch.Tensor, timesteps, text_states: torch.Tensor, learning: bool = False
+    ) -> torch.Tensor:
+        """The UNet's prediction (epsilon or v, per the scheduler) for a batch of latents; ``learning``: the call
+        comes from prompt learning (the compiled UNet serves it when :attr:`speed` asks)."""
         if text_states.shape[0] != latents.shape[0]:
             text_states = text_states.expand(latents.shape[0], -1, -1)
-        return self.unet(latents, timesteps, encoder_hidden_states=text_states).sample
+        unet = self.unet
+        if learning and self.speed.compile:
+            if self._learning_unet is None:
+                self._learning_unet = compiled_unet(self.unet, self.speed)
+            unet = self._learning_unet
+        latents = latents.contiguous(memory_format=memory_format(self.speed))
+        return unet(latents, timesteps, encoder_hidden_states=text_states).sample
+
+    def with_speed(self, speed: SpeedSettings) -> Backbone:
+        """This model running as ``speed`` says (the modules are shared; the UNet's memory layout follows the
+        latest call)."""
+        self.unet.to(memory_format=memory_format(speed))
+        return dataclasses.replace(self, speed=speed)
 
     def to(self, device: str | torch.device) -> Backbone:
         self.device = torch.device(device)

@@ -184,17 +184,18 @@ def learn_embeddings(
     groups = _concept_groups(learned)
     scale = settings.loss_scale if backbone.dtype == torch.float16 else 1.0
     clean = latents.detach()
+    sync_free = backbone.speed.sync_free and on_step is None
+    losses: list = []  # tensors when sync-free (read once at the end), floats otherwise (one sync per step)
 
+    draws = _random_draws(generator, settings.steps, settings.batch_size, clean, (low, high), 64 if sync_free else 1)
     for step in tqdm(range(settings.steps), desc="prompt learning", disable=not progress):
-        timesteps = torch.randint(low, high + 1, (settings.batch_size,), generator=generator)
-        noise = torch.randn((settings.batch_size, *clean.shape[1:]), generator=generator)
-        timesteps, noise = timesteps.to(backbone.device), noise.to(backbone.device, clean.dtype)
+        timesteps, noise = next(draws)
         batch = clean.expand(settings.batch_size, -1, -1, -1)
         noisy = scheduler.add_noise(batch, noise, timesteps)
         target = training_target(scheduler, batch, noise, timesteps)
 
         states = backbone.text_states(ids, learned)
-        prediction = backbone.unet_forward(noisy, timesteps, states)
+        prediction = backbone.unet_forward(noisy, timesteps, states, learning=True)
         loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
         if settings.contrastive_weight > 0 and len(groups) > 1:
             loss = loss + settings.contrastive_weight * prompt_contrastive_loss(states[0], groups, settings.temperature)
@@ -202,15 +203,37 @@ def learn_embeddings(
         (loss * scale).backward()
         if scale != 1.0:
             vectors.grad /= scale
-        if torch.isfinite(vectors.grad).all():
+        if (sync_free and scale == 1.0) or torch.isfinite(vectors.grad).all():
             optimizer.step()
         else:
             logger.warning("prompt learning step %d: non-finite gradient skipped", step)
-        learned.losses.append(float(loss.detach()))
+        losses.append(loss.detach() if sync_free else float(loss.detach()))
         if on_step is not None:
-            on_step(step, learned.losses[-1])
+            on_step(step, float(losses[-1]))
+    learned.losses = torch.stack(losses).float().cpu().tolist() if sync_free and losses else losses
+    if sync_free and not torch.isfinite(vectors).all():  # an unscaled step went non-finite: keep the start
+        logger.warning("prompt learning diverged (non-finite embeddings); the initial embeddings are kept")
+        return initial_embeddings(backbone, alignment, key)
     learned.vectors = vectors.detach()
     return learned
+
+
+def _random_draws(generator, steps: int, batch: int, clean: torch.Tensor, bounds: tuple[int, int], chunk: int):
+    """Each step's timesteps and noise, drawn on the CPU in step order (so every device and every ``chunk`` gives
+    the same numbers) and moved to the device ``chunk`` steps at a time (one transfer per chunk, not per step)."""
+    low, high = bounds
+    for first in range(0, steps, chunk):
+        count = min(chunk, steps - first)
+        drawn = [
+            (
+                torch.randint(low, high + 1, (batch,), generator=generator),
+                torch.randn((batch, *clean.shape[1:]), generator=generator),
+            )
+            for _ in range(count)
+        ]
+        timesteps = torch.stack([t for t, _ in drawn]).to(clean.device)
+        noise = torch.stack([n for _, n in drawn]).to(clean.device, clean.dtype)
+        yield from zip(timesteps, noise, strict=True)
 
 
 def training_target(scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
