@@ -587,7 +587,7 @@ def _benchmark_run(args: argparse.Namespace) -> int:
         dataset,
         referent=args.referent or "first",
         no_target=None if args.no_target is None else args.no_target == "on",
-        min_concentration=args.no_target_threshold,
+        threshold=args.no_target_threshold,
     )
     _, state = current_processes()
     device = args.device or (str(state.device) if state is not None else None)
@@ -808,7 +808,7 @@ def build_argument_parser() -> argparse.ArgumentParser:
         "--no-target-threshold",
         type=_fraction,
         default=None,
-        help="minimum attention concentration of a present referent (default: the calibrated value)",
+        help="the no-target rule's threshold on its signal (default: the value chosen on validation scenes)",
     )
     evaluation.add_argument(
         "--classes",

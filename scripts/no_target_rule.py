@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "results" / "no-target.json"
 VALIDATION_START = 10000
-SIGNALS = {"concentration": +1, "region_share": -1}  # +1: a higher value means "present"
+
+from anyword.evaluation.tasks import NO_TARGET_SIGNALS as SIGNALS  # noqa: E402  (+1: higher means present)
 
 
 def records(split: str, start: int, n: int, folder: Path) -> list[dict]:

@@ -14,6 +14,7 @@ import pytest
 
 from anyword.evaluation import DatasetOptions, make_task, open_dataset, run_evaluation
 from anyword.evaluation.base import IGNORE
+from anyword.evaluation.tasks import NoTargetRule, Referring
 from anyword.metrics import ReferringScore, confusion_matrix, grefcoco_metrics, semantic_miou
 from anyword.rle import decode
 from tests.eval_fixtures import HEIGHT, WIDTH, write_grandf, write_grefcoco, write_pc59, write_refcoco
@@ -99,13 +100,13 @@ def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     assert not (two / "parts").exists()
 
 
-def _run(dataset, out, **task):
+def _run(dataset, out, task=None):
     from anyword.pipeline import SegmentAnyword
     from anyword.settings import Overrides
 
     pipeline = SegmentAnyword("shapes", progress=False)
     settings = pipeline.preset.settings(Overrides(learning_steps=0, inversion_steps=5))
-    return run_evaluation(pipeline, settings, dataset, make_task(dataset, **task), out, progress=False)
+    return run_evaluation(pipeline, settings, dataset, task or make_task(dataset), out, progress=False)
 
 
 def test_a_failing_sample_is_recorded_and_retried(grefcoco, tmp_path):
@@ -152,10 +153,11 @@ def test_refcoco_grandf_and_pc59_runs(tmp_path):
 
 def test_no_target_rule_decides_and_is_recorded(tmp_path):
     dataset = open_dataset("shapes-referring", DatasetOptions(split="seen", count=2))
-    always = _run(dataset, tmp_path / "always", no_target=True, min_concentration=1.01)
+    rule = NoTargetRule(enabled=True, threshold=1.01, signal="concentration")  # every concentration is below
+    always = _run(dataset, tmp_path / "always", Referring(no_target=rule))
     assert always["metrics"]["N_acc"] == 1.0 and always["metrics"]["T_acc"] == 0.0
     assert all(r["no_target"] and not decode(r["mask"]).any() for r in lines(tmp_path / "always"))
-    never = _run(dataset, tmp_path / "never", no_target=False)
+    never = _run(dataset, tmp_path / "never", make_task(dataset, no_target=False))
     assert never["metrics"]["N_acc"] == 0.0 and never["metrics"]["T_acc"] == 1.0
     assert [r["concentration"] for r in lines(tmp_path / "never")] == [
         r["concentration"] for r in lines(tmp_path / "always")

@@ -102,13 +102,13 @@ def open_dataset(name: str, options: DatasetOptions) -> EvalDataset:
 
 
 def make_task(
-    dataset: EvalDataset, referent: str = "first", no_target: bool | None = None, min_concentration: float | None = None
+    dataset: EvalDataset, referent: str = "first", no_target: bool | None = None, threshold: float | None = None
 ) -> Task:
     """The task that scores ``dataset``; for referring data, the referent rule and the no-target rule (on by
     default where the dataset scores it)."""
     if dataset.task == REFERRING:
         enabled = get_dataset_spec(dataset.name).no_target if no_target is None else no_target
-        rule = NoTargetRule(enabled) if min_concentration is None else NoTargetRule(enabled, min_concentration)
+        rule = NoTargetRule(enabled) if threshold is None else NoTargetRule(enabled, threshold)
         return Referring(referent=referent, no_target=rule)
     return Grounded() if dataset.task == GROUNDED else Semantic()
 

@@ -29,24 +29,33 @@ from anyword.rle import decode as rle_mask
 from anyword.rle import encode as coco_rle
 
 REFERENT_CHOICES = ("first", "all")
-# Chosen on shapes validation scenes (scripts/no_target_rule.py -> docs/results/no-target.json); see NoTargetRule.
-CALIBRATED_MIN_CONCENTRATION = 0.5
+# What the rule can read, and which way "present" lies: +1 when a higher value means present.
+NO_TARGET_SIGNALS = {"concentration": +1, "region_share": -1}
+# Chosen on shapes validation scenes (scripts/no_target_rule.py -> docs/results/no-target.json).
+CALIBRATED_SIGNAL, CALIBRATED_THRESHOLD = "concentration", 0.5
 
 
 @dataclass(frozen=True)
 class NoTargetRule:
-    """Says "nothing here" for a referring expression whose referent's attention is not concentrated.
+    """Says "nothing here" for a referring expression whose referent's attention does not gather in one place.
 
-    ``concentration`` is the share of the referent's 16x16 concept map (min-max normalised) lying at or above the
-    prompt threshold: a present object gathers its attention in one place, an absent one spreads it. Below
-    ``min_concentration`` the prediction is "no target" and its mask empty.
+    Signals, read from the referent's 16x16 concept map (min-max normalised): ``concentration``, the share of the
+    map's mass at or above the prompt threshold (a present object gathers its attention, an absent one spreads
+    it), and ``region_share``, the share of the grid at or above it (small for a present object). The rule says
+    "no target" (and the mask is empty) when the signal lies on the absent side of ``threshold``.
     """
 
     enabled: bool = False
-    min_concentration: float = CALIBRATED_MIN_CONCENTRATION
+    threshold: float = CALIBRATED_THRESHOLD
+    signal: str = CALIBRATED_SIGNAL
 
-    def decide(self, concentration: float) -> bool:
-        return self.enabled and concentration < self.min_concentration
+    def __post_init__(self):
+        if self.signal not in NO_TARGET_SIGNALS:
+            raise ValueError(f"signal must be one of {', '.join(NO_TARGET_SIGNALS)}, got {self.signal!r}")
+
+    def decide(self, signals: dict[str, float]) -> bool:
+        direction = NO_TARGET_SIGNALS[self.signal]
+        return self.enabled and direction * signals[self.signal] < direction * self.threshold
 
 
 def concentration(grid_map: np.ndarray, threshold: float) -> float:
@@ -90,6 +99,10 @@ class Task(ABC):
     def metrics(self, dataset: EvalDataset, samples: dict[str, Sample], records: list[dict]) -> dict:
         """The official metrics of ``records`` (successful predictions) against the dataset's truth."""
 
+    def describe(self) -> dict:
+        """The task's options, as run summaries record them."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Referring(Task):
@@ -108,15 +121,17 @@ class Referring(Task):
             mask |= result.masks[concept_id]
         grids = [result.attention.maps.concept_map(c, size="grid") for c in chosen]
         threshold = settings.prompts.threshold
-        score = max(concentration(grid, threshold) for grid in grids)
-        no_target = self.no_target.decide(score)
+        signals = {
+            "concentration": max(concentration(grid, threshold) for grid in grids),
+            "region_share": min(float((grid >= threshold).mean()) for grid in grids),
+        }
+        no_target = self.no_target.decide(signals)
         if no_target:
             mask[:] = False
         return {
             "mask": coco_rle(mask),
             "no_target": no_target,
-            "concentration": score,
-            "region_share": min(float((grid >= threshold).mean()) for grid in grids),
+            **signals,
             "referent": chosen,
             "concepts": _concepts_record(result),
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
@@ -164,9 +179,6 @@ class Grounded(Task):
             )
         return {"AP50": grandf_ap50(images), "mIoU": grandf_miou(images), "recall": grandf_recall(images)}
 
-    def describe(self) -> dict:
-        return {}
-
 
 @dataclass(frozen=True)
 class Semantic(Task):
@@ -211,6 +223,3 @@ class Semantic(Task):
         metrics = semantic_miou(matrix)
         metrics["per_class_iou"] = dict(zip(dataset.class_names, metrics["per_class_iou"], strict=True))
         return metrics
-
-    def describe(self) -> dict:
-        return {}
