@@ -76,6 +76,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=int(env("ANYWORD_MAX_SESSIONS", "1000")),
         help="sessions whose state the server keeps; past it the least recently used is dropped (default 1000)",
     )
+    parser.add_argument(
+        "--fast-path",
+        action="store_true",
+        default=env("ANYWORD_FAST_PATH", "") == "1",
+        help="compiled prompt learning, channels-last, no per-step host sync (same results; a one-time compile)",
+    )
+    parser.add_argument(
+        "--warm-up",
+        action="store_true",
+        default=env("ANYWORD_WARM_UP", "") == "1",
+        help="load the models and run one short analysis before serving (pays loading and the compile once)",
+    )
     args = parser.parse_args(argv)
     if args.max_sessions < 1:
         parser.error(f"--max-sessions must be at least 1, got {args.max_sessions}")
@@ -110,6 +122,8 @@ def main(argv=None) -> None:
         visitor_llm_urls=args.allow_visitor_llm_url or not public,
         refuse_private_llm_urls=public,
         session_ttl_s=args.session_ttl,
+        speed="fast" if args.fast_path else "eager",
+        warm_up=args.warm_up,
     )
     demo = build_demo(config)
     demo.queue(default_concurrency_limit=4)

@@ -38,8 +38,14 @@ class ModelHub:
     """
 
     def __init__(
-        self, device: str | None = None, dtype: str | None = None, segmenter_model: str | None = None, nlp=None
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        segmenter_model: str | None = None,
+        nlp=None,
+        speed: str = "eager",
     ):
+        self.speed = speed
         self.device = device
         self.dtype = dtype
         self.segmenter_model = segmenter_model
@@ -89,7 +95,12 @@ class ModelHub:
             key = (preset, str(adapter.path))
             if key not in self._pipelines:
                 pipeline = SegmentAnyword(
-                    base.backbone, base.segmenter, SpacyParser(nlp=self.nlp), adapter=adapter, progress=True
+                    base.backbone,
+                    base.segmenter,
+                    SpacyParser(nlp=self.nlp),
+                    adapter=adapter,
+                    progress=True,
+                    speed=self.speed,
                 )
                 pipeline.backbone  # noqa: B018 (merge now, once)
                 self._pipelines[key] = pipeline
@@ -114,7 +125,25 @@ class ModelHub:
                     dtype=self.dtype,
                     segmenter_model=self.segmenter_model if pretrained else None,
                     progress=True,
+                    speed=self.speed,
                 )
                 pipeline.backbone, pipeline.segmenter  # noqa: B018 (load both now, once)
                 self._pipelines[key] = pipeline
             return self._pipelines[key]
+
+    def warm_up(self, preset: str) -> float:
+        """Load the preset's models and run one short analysis (one learning step) on a blank image, so that
+        one-time costs (loading, kernel selection, the fast path's compile: shapes do not depend on the image)
+        are paid before the first visitor. Returns the seconds it took."""
+        import time
+
+        import numpy as np
+
+        from anyword.settings import Overrides
+
+        started = time.perf_counter()
+        pipeline = self.pipeline(preset)
+        side = pipeline.backbone.resolution
+        settings = pipeline.preset.settings(Overrides(learning_steps=1))
+        pipeline.run(np.full((side, side, 3), 127, dtype=np.uint8), "a ball", settings=settings)
+        return time.perf_counter() - started

@@ -40,7 +40,8 @@ class DemoConfig:
     """How the page is served. ``llm_base_url``: the operator's LLM endpoint (its key is ``OPENAI_API_KEY``);
     ``visitor_llm_urls``: visitors may type their own endpoint (with their own key); ``refuse_private_llm_urls``:
     such endpoints must resolve to public addresses (on for public servers); ``session_ttl_s``: an idle session's
-    state and download are deleted after this long."""
+    state and download are deleted after this long; ``speed``: "eager" or "fast" (compiled prompt learning);
+    ``warm_up``: run one short analysis before serving (pays loading and the compile once)."""
 
     preset: str = DEFAULT_PRESET
     device: str | None = None
@@ -52,6 +53,8 @@ class DemoConfig:
     visitor_llm_urls: bool = False
     refuse_private_llm_urls: bool = True
     session_ttl_s: float = 3600.0
+    speed: str = "eager"
+    warm_up: bool = False
     export_max_bytes: int = DEFAULT_MAX_BYTES
     parse_concurrency: int = 8
     llm_concurrency: int = 2
@@ -106,8 +109,12 @@ def compute_duration(session, preset, segmenter, adapter, quality, steps, *args,
 
 
 def build_demo(config: DemoConfig = DemoConfig(), hub: ModelHub | None = None) -> gr.Blocks:
-    hub = hub or ModelHub(device=config.device, dtype=config.dtype, segmenter_model=config.segmenter_model)
+    hub = hub or ModelHub(
+        device=config.device, dtype=config.dtype, segmenter_model=config.segmenter_model, speed=config.speed
+    )
     preset, status = _startup_preset(config)
+    if config.warm_up:
+        logger.info("warm-up on %s: %.1f s", preset, hub.warm_up(preset))
     llm = LLMAccess(
         config.llm_base_url,
         visitor_urls=config.visitor_llm_urls,

@@ -295,3 +295,17 @@ def test_fast_mode_uses_an_adapter_or_says_plainly_there_is_none(hub, nlp):
     assert session.result.settings.diffusion.learning.steps == 3
     with pytest.raises(AnywordError, match="Pick an adapter from the list"):
         h.compute(hub, session, "shapes", None, "/etc", h.QUALITY_FAST, None, 0, 0.7, True, True)
+
+
+def test_warm_up_runs_the_pipeline_once_and_the_flags_reach_the_config(nlp):
+    from demo.app import parse_args
+    from demo.models import ModelHub
+
+    warm = ModelHub(device="cpu", nlp=nlp)
+    seconds = warm.warm_up("tiny")
+    pipeline = warm.pipeline("tiny")
+    assert seconds > 0 and pipeline.counters["unet_calls"] > 0 and pipeline.speed.name == "eager"
+    args = parse_args(["--fast-path", "--warm-up"])
+    assert args.fast_path and args.warm_up
+    fast = ModelHub(device="cpu", nlp=nlp, speed="fast")
+    assert fast.pipeline("tiny").backbone.speed.compile  # compiled on first learning step, not here
