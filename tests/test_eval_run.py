@@ -99,6 +99,14 @@ def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     assert [r["mask"] for r in lines(two)] == [r["mask"] for r in lines(run)]
     assert not (two / "parts").exists()
 
+    # The command as the accelerate docs write it for CPUs: without MPI, accelerate 1.15 starts one process here.
+    literal = ["launch", "--cpu", "--num_processes", "2", "-m", "anyword"]
+    cpu = anyword(
+        *command, "--out", str(tmp_path / "cpu"), "--json", "--quiet", launcher=[str(BIN / "accelerate"), *literal]
+    )
+    assert cpu.returncode == 0, cpu.stderr
+    assert json.loads(cpu.stdout)["metrics"] == summary["metrics"]
+
 
 def _run(dataset, out, task=None):
     from anyword.pipeline import SegmentAnyword
