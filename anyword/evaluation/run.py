@@ -1,9 +1,11 @@
 """A resumable evaluation run, sharded over processes with accelerate.
 
 ``RUN_DIR/predictions.jsonl`` holds one record per sample (ids, prediction, timings, or ``error``), written as
-each sample finishes; ``RUN_DIR/summary.json`` the metrics over the requested samples. Each process appends to its
-own ``parts/<invocation>-rank<r>.jsonl`` (one line per finished sample, flushed and synced); the main process waits
-for every part to be marked done, merges them into ``predictions.jsonl`` and scores it. Rerunning the same command
+each sample finishes; ``RUN_DIR/summary.json`` the metrics over the requested samples. One process appends to
+``predictions.jsonl`` itself; several append to their own ``parts/<invocation>-rank<r>.jsonl`` (one line per
+finished sample, flushed and synced: safe on shared file systems, where appends from several machines to one file
+are not), and the main process waits for every part to be marked done and merges them. At the end
+``predictions.jsonl`` is rewritten in the dataset's order, one line per sample, and scored. Rerunning the same command
 into the same folder reuses every successful record and computes the rest (failures are retried); a run with
 other settings is refused (``run.json`` records what the folder holds). Processes are given samples in turn
 (``todo[rank::world]``), so the merged records, and hence the metrics, do not depend on the number of processes.
@@ -161,17 +163,23 @@ def run_evaluation(
     todo = [s for s in samples if s.key not in reused]
     mine = todo[processes.rank :: processes.world]
     parts = out / PARTS
-    parts.mkdir(parents=True, exist_ok=True)
-    part = parts / f"{invocation}-rank{processes.rank}.jsonl"
+    if processes.world == 1:
+        part = out / PREDICTIONS  # one process: predictions.jsonl grows as samples finish
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        part = parts / f"{invocation}-rank{processes.rank}.jsonl"
     bar = tqdm(
         mine, desc=f"{dataset.name} {dataset.split} [{processes.rank}]", disable=not progress, position=processes.rank
     )
     with part.open("a", encoding="utf-8") as file:
+        if not _ends_with_newline(part):
+            file.write("\n")  # a line cut short by a killed run stays apart from the next record
         for sample in bar:
             file.write(json.dumps(evaluate_sample(pipeline, settings, dataset, task, sample, processes.rank)) + "\n")
             file.flush()
             os.fsync(file.fileno())
-    part.with_suffix(".done").touch()
+    if processes.world > 1:
+        part.with_suffix(".done").touch()
     if not processes.main:
         return None
     _wait_for_parts(parts, invocation, processes.world)
@@ -198,7 +206,7 @@ def _start(out: Path, identity: dict, processes: Processes, state) -> str:
 
 
 def _wait_for_parts(parts: Path, invocation: str, world: int) -> None:
-    while len(list(parts.glob(f"{invocation}-rank*.done"))) < world:
+    while world > 1 and len(list(parts.glob(f"{invocation}-rank*.done"))) < world:
         time.sleep(POLL_S)
 
 
@@ -207,9 +215,10 @@ def _merge_and_score(out, dataset, task, samples, reused, identity, world) -> di
     order = {s.key: i for i, s in enumerate(dataset.samples())}
     lines = sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
     _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in lines))
-    for file in (out / PARTS).iterdir():
-        file.unlink()
-    (out / PARTS).rmdir()
+    if (out / PARTS).is_dir():
+        for file in (out / PARTS).iterdir():
+            file.unlink()
+        (out / PARTS).rmdir()
     summary = summarize(dataset, task, samples, records, reused, identity, world)
     _write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     return summary
@@ -250,6 +259,15 @@ def print_table(summary: dict, stream=sys.stderr) -> None:
     for name, value in metrics.items():
         shown = "-" if value is None else (f"{100 * value:6.2f}" if isinstance(value, float) else str(value))
         print(f"  {name:<16}{shown}", file=stream)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    """Whether ``path`` is empty or its last byte ends a line."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
 
 
 def _write_atomic(path: Path, text: str) -> None:
