@@ -159,6 +159,20 @@ def test_refcoco_grandf_and_pc59_runs(tmp_path):
     assert summary["metrics"]["mIoU"] == pytest.approx(semantic_miou(matrix)["mIoU"])
 
 
+def test_an_expression_without_concepts_is_an_empty_answer_not_a_failure(grefcoco, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(grefcoco.root, root)
+    refs = root / "grefcoco" / "grefs(unc).json"
+    refs.write_text(refs.read_text().replace('"the shape"', '"on the left"'))
+    dataset = open_dataset("grefcoco", DatasetOptions(split="val", root=root))
+    summary = _run(dataset, tmp_path / "run")
+    assert summary["counts"]["failed"] == 0 and summary["counts"]["done"] == 5
+    record = next(r for r in lines(tmp_path / "run") if r["key"] == "sent 140")
+    assert record["no_target"] is True and not decode(record["mask"]).any() and "note" in record
+
+
 def test_no_target_rule_decides_and_is_recorded(tmp_path):
     dataset = open_dataset("shapes-referring", DatasetOptions(split="seen", count=2))
     rule = NoTargetRule(enabled=True, threshold=1.01, signal="concentration")  # every concentration is below

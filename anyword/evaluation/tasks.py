@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from anyword.errors import NoConceptError
 from anyword.evaluation.base import GROUNDED, IGNORE, REFERRING, SEMANTIC, EvalDataset, Sample
 from anyword.evaluation.pascal_context import caption_chunks, caption_name
 from anyword.metrics import (
@@ -116,7 +117,11 @@ class Referring(Task):
     name: str = REFERRING
 
     def predict(self, pipeline, settings, dataset, sample, image) -> dict:
-        result = pipeline.run(image, sample.caption, settings=settings)
+        try:
+            result = pipeline.run(image, sample.caption, settings=settings)
+        except NoConceptError as error:  # nothing to segment: an empty answer, scored like any other
+            return {"mask": coco_rle(np.zeros(image.shape[:2], dtype=bool)), "no_target": self.no_target.enabled,
+                    "referent": [], "concepts": [], "note": str(error)}  # fmt: skip
         chosen = [c.id for c in result.concepts][: 1 if self.referent == "first" else None]
         mask = np.zeros(image.shape[:2], dtype=bool)
         for concept_id in chosen:
@@ -159,7 +164,10 @@ class Grounded(Task):
     name: str = GROUNDED
 
     def predict(self, pipeline, settings, dataset, sample, image) -> dict:
-        result = pipeline.run(image, sample.caption, settings=settings)
+        try:
+            result = pipeline.run(image, sample.caption, settings=settings)
+        except NoConceptError as error:  # nothing to segment: no masks, scored like any other answer
+            return {"masks": [], "concepts": [], "note": str(error)}
         masks = [{"phrase": c.phrase, "rle": coco_rle(result.masks[c.id])} for c in result.concepts]
         return {
             "masks": masks,
