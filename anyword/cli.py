@@ -185,7 +185,7 @@ def _run_settings(pipeline, args: argparse.Namespace):
     """The pipeline's (its preset's) settings with the command line's overrides."""
     from anyword.settings import apply_overrides
 
-    return apply_overrides(pipeline.settings, _overrides(args))
+    return apply_overrides(pipeline.settings, _overrides(args), pipeline.preset.budgets)
 
 
 def _warn_cost(pipeline, settings, args: argparse.Namespace) -> None:
@@ -484,6 +484,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out is not None or args.dataset != SHAPES_PRESET:
         return _benchmark_run(args)
     _refuse_benchmark_options(args)
+    args.preset = args.preset or SHAPES_PRESET
     split = args.split or "seen"
     n = args.n or 100
 
@@ -530,7 +531,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from anyword.pipeline import SegmentAnyword
 
         pipeline = SegmentAnyword(
-            args.preset or SHAPES_PRESET, segmenter=args.segmenter, device=args.device, adapter=args.adapter
+            args.preset or SHAPES_PRESET, segmenter=args.segmenter, device=args.device, adapter=_adapter_choice(args)
         )
         pipeline.settings = _run_settings(pipeline, args)
         variants = ABLATION if args.ablation else {"full": ABLATION["full"]}
@@ -591,9 +592,9 @@ def _benchmark_run(args: argparse.Namespace) -> int:
     )
     _, state = current_processes()
     device = args.device or (str(state.device) if state is not None else None)
-    preset = args.preset or spec.preset
+    args.preset = args.preset or spec.preset
     pipeline = SegmentAnyword(
-        preset,
+        args.preset,
         segmenter=args.segmenter,
         device=device,
         dtype=args.dtype,

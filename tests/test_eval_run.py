@@ -202,3 +202,13 @@ def test_run_folder_refusals(grefcoco, tmp_path):
     assert bad_split.returncode == 2 and "grefcoco has no split 'test'" in bad_split.stderr
     shapes_only = anyword("eval", "--dataset", "shapes", "--referent", "all", "--n", "1")
     assert shapes_only.returncode == 2 and "--referent need --out RUN_DIR" in shapes_only.stderr
+
+
+def test_fast_mode_in_a_benchmark_run_uses_the_shipped_adapter(tmp_path):
+    done = anyword("eval", "--dataset", "shapes", "--split", "novel", "--n", "2", "--fast", "--inversion-steps", "5",
+                   "--out", str(tmp_path / "run"), "--json", "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["models"]["adapter"] and summary["models"]["preset"] == "shapes"
+    assert summary["settings"]["diffusion"]["learning"]["steps"] == 3  # the shapes preset's fast budget
+    assert set(summary["metrics"]) == {"AP50", "mIoU", "recall"} and summary["counts"]["done"] == 2
