@@ -104,10 +104,10 @@ def render(path: Path) -> None:
     splits = sorted({k[0] for k in lookup}, key=["seen", "novel"].index)
     steps = sorted({k[2] for k in lookup})
     widest = max(c["scenes"][1] for c in lookup.values())
+    narrowest = min(c["scenes"][1] for c in lookup.values())
+    partial = f" (* where only 0-{narrowest} are measured so far)" if narrowest < widest else ""
     lines = [
-        f"Full method on test scenes 0-{widest} of each split (* where only 0-"
-        f"{min(c['scenes'][1] for c in lookup.values())} are measured so far); adapter `{data['adapter']}`; "
-        "mIoU / gIoU:",
+        f"Full method on test scenes 0-{widest} of each split{partial}; adapter `{data['adapter']}`; mIoU / gIoU:",
         "",
         "| split | adapter | " + " | ".join(f"{s} steps" for s in steps) + " |",
         "|---|---|" + "---|" * len(steps),
