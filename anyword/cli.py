@@ -480,12 +480,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from anyword.shapes.evaluate import ABLATION, SHAPES_PRESET, evaluate, localization
+    from anyword.shapes.scenes import SPLITS
 
     if args.out is not None or args.dataset != SHAPES_PRESET:
         return _benchmark_run(args)
     _refuse_benchmark_options(args)
     args.preset = args.preset or SHAPES_PRESET
     split = args.split or "seen"
+    if split not in SPLITS:
+        raise AnywordError(f"the shapes world has no split {split!r}: choose one of {', '.join(SPLITS)}")
     n = args.n or 100
 
     if args.localization:

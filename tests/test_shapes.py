@@ -385,6 +385,7 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
     ("args", "message"),
     [
         (["--dataset", "coco"], "invalid choice: 'coco'"),
+        (["--split", "bogus"], "the shapes world has no split 'bogus'"),
         (["--n", "0"], "--n"),
         (["--start", "-3"], "--start"),
         (["--localization", "--steps", "5"], "--steps cannot be combined with --localization"),
