@@ -9,14 +9,24 @@ from anyword.evaluation.base import GROUNDED, REFERRING, EvalDataset, GroundedTa
 from anyword.shapes.scenes import NOVEL_NOUNS, SHAPES, SPLITS, make_scene, render
 
 
-class ShapesScenes(EvalDataset):
-    name = "shapes"
-    task = GROUNDED
-    splits = SPLITS
+class _ShapesWorld(EvalDataset):
+    """Scenes ``0 .. count-1`` of a split, rendered at ``image_size`` pixels."""
 
     def __init__(self, split: str, count: int, image_size: int = 128):
         super().__init__(split)
         self.count, self.image_size = count, image_size
+
+    def image(self, sample: Sample) -> np.ndarray:
+        return render(make_scene(self.split, sample.ids["scene"]), self.image_size)[0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "image_size": self.image_size}
+
+
+class ShapesScenes(_ShapesWorld):
+    name = "shapes"
+    task = GROUNDED
+    splits = SPLITS
 
     def samples(self) -> list[Sample]:
         return [
@@ -24,19 +34,13 @@ class ShapesScenes(EvalDataset):
             for i in range(self.count)
         ]
 
-    def image(self, sample: Sample) -> np.ndarray:
-        return render(make_scene(self.split, sample.ids["scene"]), self.image_size)[0]
-
     def target(self, sample: Sample) -> GroundedTarget:
         scene = make_scene(self.split, sample.ids["scene"])
         _, masks = render(scene, self.image_size)
         return GroundedTarget(tuple(masks[p.shape_index] for p in scene.phrases), tuple(p.text for p in scene.phrases))
 
-    def describe(self) -> dict:
-        return {**super().describe(), "image_size": self.image_size}
 
-
-class ShapesReferring(EvalDataset):
+class ShapesReferring(_ShapesWorld):
     """Referring expressions in the shapes world, half of them naming nothing: scene ``i`` gives ``scene i
     present`` (its first phrase; the truth is that shape's mask) and ``scene i absent`` (a shape the scene does not
     hold, in the split's vocabulary; no target). Scored with gRefCOCO's metrics; the no-target rule is chosen on
@@ -46,10 +50,6 @@ class ShapesReferring(EvalDataset):
     task = REFERRING
     splits = ("seen", "novel")
     metric_set = "grefcoco"
-
-    def __init__(self, split: str, count: int, image_size: int = 128):
-        super().__init__(split)
-        self.count, self.image_size = count, image_size
 
     def samples(self) -> list[Sample]:
         samples = []
@@ -62,15 +62,9 @@ class ShapesReferring(EvalDataset):
                 samples.append(Sample(key=f"scene {i} {kind}", ids={"scene": i}, image=None, caption=caption))
         return samples
 
-    def image(self, sample: Sample) -> np.ndarray:
-        return render(make_scene(self.split, sample.ids["scene"]), self.image_size)[0]
-
     def target(self, sample: Sample) -> ReferringTarget:
         scene = make_scene(self.split, sample.ids["scene"])
         _, masks = render(scene, self.image_size)
         if sample.key.endswith("absent"):
             return ReferringTarget(np.zeros_like(masks[0]), empty=True)
         return ReferringTarget(masks[scene.phrases[0].shape_index], empty=False)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "image_size": self.image_size}
