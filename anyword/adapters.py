@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anyword.diffusion.adaptation import (
     CONFIG_FILE,
@@ -26,7 +27,12 @@ from anyword.diffusion.adaptation import (
     text_encoder_fingerprint,
 )
 from anyword.diffusion.backbone import Backbone
+from anyword.settings import FAST, Overrides, Quality
 
+if TYPE_CHECKING:
+    from anyword.presets import Preset
+
+SHIPPED = "shipped"  # --adapter shipped: the preset's own adapter
 ADAPTERS_ENV = "ANYWORD_ADAPTERS"  # a folder of adapter folders the demo lists beside the shipped ones
 
 
@@ -60,6 +66,35 @@ def read_adapter(path: str | Path) -> Adapter:
         raise AdapterError(f"{folder / INFO_FILE} is unreadable: {error}") from None
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
     return Adapter(path=folder, info=info, ident=f"{folder.name}@{digest}")
+
+
+def resolve_adapter(preset: Preset, adapter: str | Path | Adapter | None) -> Adapter | None:
+    """The adapter a run uses: ``None``, a folder, or "shipped" (the preset's own: an error if it has none)."""
+    if adapter is None or isinstance(adapter, Adapter):
+        return adapter
+    if str(adapter) == SHIPPED:
+        path = preset.shipped_adapter_path()
+        if path is None:
+            raise AdapterError(f"preset '{preset.name}' ships no text-encoder adapter; train one with `anyword adapt`")
+        return read_adapter(path)
+    return read_adapter(adapter)
+
+
+def choose_adapter(
+    preset: Preset, adapter: str | Path | Adapter | None, quality: Quality | None = None
+) -> Adapter | None:
+    """The adapter a run uses, for the command line and the demo alike: ``adapter`` when one is given (a folder,
+    "shipped" or an :class:`Adapter`); else for the "fast" quality (Segment Anyword_f) the preset's shipped one;
+    "fast" with no adapter for this model is refused in plain words (its steps alone are not Segment Anyword_f)."""
+    if adapter is not None or quality != FAST:
+        return resolve_adapter(preset, adapter)
+    if preset.shipped_adapter_path() is not None:
+        return resolve_adapter(preset, SHIPPED)
+    steps = preset.settings(Overrides(quality=FAST)).diffusion.learning.steps
+    raise AdapterError(
+        f"Fast mode (Segment Anyword_f) needs a text-encoder adapter, and there is none for {preset.name} here: "
+        f"train one with `anyword adapt`, or run the same {steps} prompt-learning steps without one."
+    )
 
 
 def apply_adapter(backbone: Backbone, adapter: Adapter | str | Path) -> Backbone:

@@ -2,7 +2,8 @@
 
 Every ratio compares runs made in the same process on the same inputs; plain and recorded denoising are
 interleaved and their medians compared, so machine noise affects both alike. Random-weight presets measure speed
-and memory only (timing does not depend on weight values).
+and memory only (timing does not depend on weight values). Settings are the preset's, with the benchmark's step
+counts applied through the one settings layer, so a learning step here is a learning step of the preset.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from anyword.presets import TEST_PRESET
+from anyword.presets import TEST_PRESET, get_preset
+from anyword.settings import Overrides, PipelineSettings
 
 BENCH_CAPTION = "a brown dog and a red ball on green grass"
 # Fixed concepts (no parser needed, so the benchmark runs where spaCy is not installed).
@@ -39,139 +43,166 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class _Bench:
+    """One loaded model with the benchmark's inputs: a random image's latents, the fixed caption's tokens and
+    text states, the run's settings (grids made explicit for this model)."""
+
+    backbone: object
+    settings: PipelineSettings
+    latents: torch.Tensor
+    alignment: object
+    states: torch.Tensor
+
+    @classmethod
+    def prepare(cls, preset: str, overrides: Overrides, device, dtype, seed: int, square: bool = False) -> _Bench:
+        from anyword.diffusion.extract import with_attention_grids
+        from anyword.images import ImageFrame
+        from anyword.tokens import align_tokens
+
+        chosen = get_preset(preset)
+        backbone = chosen.load(device=device, dtype=dtype, seed=seed)
+        settings = chosen.settings(overrides)
+        settings = dataclasses.replace(settings, diffusion=with_attention_grids(settings.diffusion, backbone))
+        side = backbone.resolution
+        image = np.random.default_rng(seed).random((side if square else side * 2 // 3, side, 3)) * 255
+        image = image.astype(np.uint8)
+        latents = backbone.encode_image(ImageFrame(image.shape[1], image.shape[0], side).to_model(image))
+        alignment = align_tokens(BENCH_CAPTION, bench_parse().concepts, backbone.tokenizer)
+        with torch.no_grad():
+            states = backbone.text_states(alignment.input_ids)
+        return cls(backbone, settings, latents, alignment, states)
+
+    @property
+    def grids(self) -> tuple[int, ...]:
+        return self.settings.diffusion.attention_resolutions
+
+    def predictor(self, backbone=None) -> Callable:
+        backbone = backbone or self.backbone
+        return lambda z, t: backbone.unet_forward(z, t, self.states)
+
+    def timed(self, function: Callable) -> tuple[float, object]:
+        _synchronize(self.backbone.device)
+        start = time.perf_counter()
+        value = function()
+        _synchronize(self.backbone.device)
+        return time.perf_counter() - start, value
+
+    def learn(self, backbone=None, steps: int | None = None):
+        from anyword.diffusion import learn_embeddings
+
+        learning = self.settings.diffusion.learning
+        if steps is not None:
+            learning = dataclasses.replace(learning, steps=steps)
+        seed = self.settings.diffusion.seed
+        return learn_embeddings(backbone or self.backbone, self.latents, self.alignment, learning, seed=seed)
+
+
 def run_benchmark(
     preset: str = TEST_PRESET,
     device: str | None = None,
-    steps: int = 50,
+    inversion_steps: int = 50,
     learning_steps: int = 5,
     repeats: int = 3,
     dtype: str | None = None,
     seed: int = 0,
     adapter: str | None = None,
 ) -> dict:
-    """Measure one preset. ``steps``: DDIM steps per timed inversion/denoising; ``learning_steps``: timed
-    prompt-learning steps (batch 8); ``repeats``: interleaved plain/recorded denoising runs (median taken);
-    ``adapter``: also time prompt learning with it merged, against the same steps without it."""
-    from anyword.diffusion import (
-        LearningSettings,
-        ddim_denoise,
-        ddim_invert,
-        learn_embeddings,
-        make_schedule,
-        record_cross_attention,
-    )
-    from anyword.images import ImageFrame
-    from anyword.presets import get_preset
-    from anyword.tokens import align_tokens
-
+    """Measure one preset. ``inversion_steps``: DDIM steps per timed inversion/denoising; ``learning_steps``: timed
+    prompt-learning steps (the preset's batch); ``repeats``: interleaved plain/recorded denoising runs (median
+    taken); ``adapter``: also time prompt learning with it merged, against the same steps without it."""
     started = time.perf_counter()
-    backbone = get_preset(preset).load(device=device, dtype=dtype, seed=seed)
-    torch_device = backbone.device
-    _synchronize(torch_device)
+    overrides = Overrides(learning_steps=learning_steps, inversion_steps=inversion_steps, seed=seed)
+    bench = _Bench.prepare(preset, overrides, device, dtype, seed)
+    _synchronize(bench.backbone.device)
     load_s = time.perf_counter() - started
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
-
-    rng = np.random.default_rng(seed)
-    image = (rng.random((backbone.resolution * 2 // 3, backbone.resolution, 3)) * 255).astype(np.uint8)
-    frame = ImageFrame(image.shape[1], image.shape[0], backbone.resolution)
-    parse = bench_parse()
-    alignment = align_tokens(parse.caption, parse.concepts, backbone.tokenizer)
-    latents = backbone.encode_image(frame.to_model(image))
-    with torch.no_grad():
-        states = backbone.text_states(alignment.input_ids)
-
-    def predict(z, t):
-        return backbone.unet_forward(z, t, states)
-
-    def timed(function):
-        _synchronize(torch_device)
-        start = time.perf_counter()
-        value = function()
-        _synchronize(torch_device)
-        return time.perf_counter() - start, value
-
-    schedule = make_schedule(backbone.scheduler, steps)
-    with torch.no_grad():
-        predict(latents, schedule.timesteps[0])  # warm-up (kernels, allocator)
-    inversion_s, trajectory = timed(lambda: ddim_invert(predict, latents, schedule, backbone.prediction_type))
-
-    plain_times, recorded_times = [], []
-    direct_final = plain_final = None
-    for _ in range(repeats):
-        seconds, (direct_final, _) = timed(
-            lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=True)
-        )
-        plain_times.append(seconds)
-        with record_cross_attention(backbone.unet, (16,)) as recorder:
-            recorder.active = True
-            seconds, _ = timed(
-                lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=True)
-            )
-            recorded_times.append(seconds)
-            recorder.active = False
-            grids = recorder.average()
-    _, (plain_final, _) = timed(
-        lambda: ddim_denoise(predict, trajectory, schedule, backbone.prediction_type, direct=False)
-    )
-
-    learning = LearningSettings(steps=learning_steps)
-    learn_embeddings(backbone, latents, alignment, LearningSettings(steps=1), seed=seed)  # warm-up (backward kernels)
-    learning_s, _ = timed(lambda: learn_embeddings(backbone, latents, alignment, learning, seed=seed))
-    adapted = _adapter_timing(preset, backbone, adapter, latents, alignment, learning, seed, timed)
-
-    def mse(a: torch.Tensor) -> float:
-        return float(torch.mean((a.float() - latents.float()) ** 2))
-
-    if torch_device.type == "cuda":
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated(torch_device) / 2**20, "cuda_max_allocated"
-    else:
-        peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
-    plain, recorded = statistics.median(plain_times), statistics.median(recorded_times)
+    if bench.backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.backbone.device)
+    denoising = _time_denoising(bench, inversion_steps, repeats)
+    bench.learn(steps=1)  # warm-up (backward kernels)
+    learning_s, _ = bench.timed(bench.learn)
+    backbone = bench.backbone
     return {
         "preset": preset,
-        "device": str(torch_device),
-        "device_name": torch.cuda.get_device_name(torch_device)
-        if torch_device.type == "cuda"
+        "device": str(backbone.device),
+        "device_name": torch.cuda.get_device_name(backbone.device)
+        if backbone.device.type == "cuda"
         else platform.processor() or platform.machine(),
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "random_weights": backbone.random_weights,
         "resolution": backbone.resolution,
-        "latent_shape": list(latents.shape),
+        "latent_shape": list(bench.latents.shape),
         "unet_parameters": sum(p.numel() for p in backbone.unet.parameters()),
-        "steps": steps,
+        "inversion_steps": inversion_steps,
         "load_s": round(load_s, 3),
+        **denoising,
+        "prompt_learning_s_per_step": learning_s / max(learning_steps, 1),
+        "prompt_learning_batch": bench.settings.diffusion.learning.batch_size,
+        **_peak_memory(backbone.device),
+        "repeats": repeats,
+        **_adapter_timing(preset, bench, adapter),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _time_denoising(bench: _Bench, steps: int, repeats: int) -> dict:
+    """Inversion, then plain and attention-recording denoising interleaved ``repeats`` times (medians)."""
+    from anyword.diffusion import ddim_denoise, ddim_invert, make_schedule, record_cross_attention
+
+    backbone, predict = bench.backbone, bench.predictor()
+    schedule = make_schedule(backbone.scheduler, steps)
+    kind = backbone.prediction_type
+    with torch.no_grad():
+        predict(bench.latents, schedule.timesteps[0])  # warm-up (kernels, allocator)
+    inversion_s, trajectory = bench.timed(lambda: ddim_invert(predict, bench.latents, schedule, kind))
+    plain_times, recorded_times, direct_final = [], [], None
+    for _ in range(repeats):
+        seconds, (direct_final, _) = bench.timed(lambda: ddim_denoise(predict, trajectory, schedule, kind))
+        plain_times.append(seconds)
+        with record_cross_attention(backbone.unet, bench.grids) as recorder:
+            recorder.active = True
+            seconds, _ = bench.timed(lambda: ddim_denoise(predict, trajectory, schedule, kind))
+            recorded_times.append(seconds)
+            recorder.active = False
+            grids = recorder.average()
+    _, (plain_final, _) = bench.timed(lambda: ddim_denoise(predict, trajectory, schedule, kind, direct=False))
+
+    def mse(a: torch.Tensor) -> float:
+        return float(torch.mean((a.float() - bench.latents.float()) ** 2))
+
+    plain, recorded = statistics.median(plain_times), statistics.median(recorded_times)
+    return {
         "inversion_s_per_step": inversion_s / steps,
         "denoise_s_per_step": recorded / steps,
         "denoise_plain_s_per_step": plain / steps,
         "attention_overhead_ratio": recorded / plain,
+        "attention_grids": list(bench.grids),
         "attention_map_shape": list(grids.shape),
-        "prompt_learning_s_per_step": learning_s / max(learning_steps, 1),
-        "prompt_learning_batch": learning.batch_size,
         "direct_inversion_latent_mse": mse(direct_final),
         "ddim_reconstruction_mse": mse(plain_final),
-        "peak_memory_mb": round(peak_mb, 1),
-        "peak_memory_kind": peak_kind,
-        "repeats": repeats,
-        **adapted,
-        "torch": torch.__version__,
     }
 
 
-def _adapter_timing(preset, backbone, adapter, latents, alignment, learning, seed, timed) -> dict:
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                "peak_memory_kind": "cuda_max_allocated"}  # fmt: skip
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "process_max_rss"}
+
+
+def _adapter_timing(preset: str, bench: _Bench, adapter: str | None) -> dict:
     """Prompt learning with ``adapter`` merged into the text encoder, against the same steps without it."""
     if adapter is None:
         return {}
-    from anyword.adapters import apply_adapter
-    from anyword.diffusion import learn_embeddings
-    from anyword.pipeline import resolve_adapter
-    from anyword.presets import get_preset
+    from anyword.adapters import apply_adapter, resolve_adapter
 
     chosen = resolve_adapter(get_preset(preset), adapter)
-    merge_s, adapted = timed(lambda: apply_adapter(backbone, chosen))
-    plain_s, _ = timed(lambda: learn_embeddings(backbone, latents, alignment, learning, seed=seed))
-    adapter_s, _ = timed(lambda: learn_embeddings(adapted, latents, alignment, learning, seed=seed))
-    steps = max(learning.steps, 1)
+    merge_s, adapted = bench.timed(lambda: apply_adapter(bench.backbone, chosen))
+    plain_s, _ = bench.timed(bench.learn)
+    adapter_s, _ = bench.timed(lambda: bench.learn(adapted))
+    steps = max(bench.settings.diffusion.learning.steps, 1)
     return {
         "adapter": chosen.ident,
         "adapter_merge_s": merge_s,
@@ -204,7 +235,8 @@ def run_edit_benchmark(
     edit_s = statistics.median(edits)
     return {
         "edit_benchmark_preset": preset,
-        "segmenter": pipeline.segmenter.name,
+        "segmenter": pipeline.segmenter.key,
+        "segmenter_model": pipeline.segmenter.label,
         "first_run_s": first_s,
         "resegment_after_edit_s": edit_s,
         "resegment_speedup": first_s / edit_s,
@@ -218,7 +250,6 @@ def run_segmenter_benchmark(
 ) -> dict:
     """Image-encoder (once per image) and mask-decoder (every point edit) time of every registered promptable
     segmenter, with the weights the preset gives them (toy size for ``tiny``, full size for ``sd15-random``)."""
-    from anyword.presets import get_preset
     from anyword.segment import SEGMENTERS, MaskRequest
 
     weights = get_preset(preset).segmenter_weights
@@ -230,11 +261,10 @@ def run_segmenter_benchmark(
         heatmap=np.zeros((height, width), np.float32),
     )
     rows = {}
-    for name, spec in SEGMENTERS.items():
-        if not spec.models:
+    for key, spec in SEGMENTERS.items():
+        if not spec.promptable:
             continue  # plain and GrabCut have no encoder to time
         segmenter = spec.load(weights=weights, device=device, seed=seed)
-        network = getattr(segmenter, "sam", None) or segmenter.model
         segmenter.segment(segmenter.embed(image), request)  # warm-up
         embeds, decodes = [], []
         for _ in range(repeats):
@@ -244,9 +274,9 @@ def run_segmenter_benchmark(
             started = time.perf_counter()
             segmenter.segment(embedding, request)
             decodes.append(time.perf_counter() - started)
-        rows[name] = {
-            "model": segmenter.name,
-            "parameters": sum(p.numel() for p in network.parameters()),
+        rows[key] = {
+            "model": segmenter.label,
+            "parameters": segmenter.parameter_count(),
             "embed_s": statistics.median(embeds),
             "decode_s": statistics.median(decodes),
         }
@@ -264,75 +294,60 @@ def run_speed_benchmark(
     device: str | None = None,
     dtype: str | None = None,
     learning_steps: int = 5,
-    steps: int = 10,
+    inversion_steps: int = 10,
     seed: int = 0,
-    fast=None,
+    compiled=None,
 ) -> dict:
-    """The eager path against the fast one (:data:`anyword.diffusion.speed.FAST`: compiled prompt learning,
-    channels-last, no per-step host sync), same process and inputs: seconds per prompt-learning step (batch 8) and
-    per batch-1 UNet step (inversion; denoising with 16x16 recording), their ratios (eager / fast), the fast path's
-    one-time warm-up (compile), and how far its results are from the eager ones. ``fast``: another
-    :class:`~anyword.diffusion.speed.SpeedSettings` to compare instead."""
-    from anyword.diffusion import LearningSettings, ddim_denoise, ddim_invert, learn_embeddings, make_schedule
-    from anyword.diffusion.attention import record_cross_attention
-    from anyword.diffusion.speed import EAGER, FAST
+    """The eager path against the compiled one (:data:`anyword.diffusion.speed.COMPILED`: compiled prompt
+    learning, channels-last, no per-step host sync), same process and inputs: seconds per prompt-learning step
+    (the preset's batch) and per batch-1 UNet step (inversion; denoising with the preset's grids recorded), their
+    ratios (eager / compiled), the compiled path's one-time warm-up (compile), and how far its results are from the
+    eager ones. ``compiled``: other :class:`~anyword.diffusion.speed.SpeedSettings` to compare instead."""
+    from anyword.diffusion.speed import COMPILED, EAGER
 
-    fast = fast or FAST
-    from anyword.images import ImageFrame
-    from anyword.presets import get_preset
-    from anyword.tokens import align_tokens
-
-    base = get_preset(preset).load(device=device, dtype=dtype, seed=seed)
-    image = (np.random.default_rng(seed).random((base.resolution, base.resolution, 3)) * 255).astype(np.uint8)
-    latents = base.encode_image(ImageFrame(image.shape[1], image.shape[0], base.resolution).to_model(image))
-    parse = bench_parse()
-    alignment = align_tokens(parse.caption, parse.concepts, base.tokenizer)
-    learning = LearningSettings(steps=learning_steps)
-    schedule = make_schedule(base.scheduler, steps)
-    with torch.no_grad():
-        states = base.text_states(alignment.input_ids)
-
-    def timed(function):
-        _synchronize(base.device)
-        start = time.perf_counter()
-        value = function()
-        _synchronize(base.device)
-        return time.perf_counter() - start, value
-
+    overrides = Overrides(learning_steps=learning_steps, inversion_steps=inversion_steps, seed=seed)
+    bench = _Bench.prepare(preset, overrides, device, dtype, seed, square=True)
     rows, outputs, warmup = {}, {}, {}
-    kind = base.prediction_type
-    for name, speed in (("eager", EAGER), ("fast", fast)):
-        backbone = base.with_speed(speed)
-
-        def predict(z, t, backbone=backbone):
-            return backbone.unet_forward(z, t, states)
-
-        warmup[name], _ = timed(lambda b=backbone: learn_embeddings(b, latents, alignment, LearningSettings(1)))
-        learn_s, learned = timed(lambda b=backbone: learn_embeddings(b, latents, alignment, learning, seed=seed))
-        with torch.no_grad():
-            invert_s, trajectory = timed(lambda p=predict: ddim_invert(p, latents, schedule, kind))
-            with record_cross_attention(backbone.unet, (16,)) as recorder:
-                recorder.active = True
-                denoise_s, _ = timed(lambda p=predict, tr=trajectory: ddim_denoise(p, tr, schedule, kind))
-                grids = recorder.average()
-        rows[name] = {
-            "prompt_learning_s_per_step": learn_s / learning_steps,
-            "inversion_s_per_step": invert_s / steps,
-            "denoise_recorded_s_per_step": denoise_s / steps,
-        }
-        outputs[name] = (learned.vectors.float().cpu(), grids)
-    base.with_speed(EAGER)
-    (eager_vectors, eager_grids), (fast_vectors, fast_grids) = outputs["eager"], outputs["fast"]
+    for name, speed in (("eager", EAGER), ("compiled", compiled or COMPILED)):
+        warmup[name], rows[name], outputs[name] = _time_speed(bench, bench.backbone.with_speed(speed))
+    bench.backbone.with_speed(EAGER)
+    (eager_vectors, eager_grids), (compiled_vectors, compiled_grids) = outputs["eager"], outputs["compiled"]
     return {
         "speed_benchmark_preset": preset,
-        "speed_fast": dataclasses.asdict(fast),
-        "speed_eager": rows["eager"],
-        "speed_fast_path": rows["fast"],
-        "speed_ratio": {key: rows["eager"][key] / rows["fast"][key] for key in rows["eager"]},
-        "speed_warmup_s": {"eager": warmup["eager"], "fast": warmup["fast"]},
+        "speed_compiled": dataclasses.asdict(compiled or COMPILED),
+        "speed_eager_s": rows["eager"],
+        "speed_compiled_s": rows["compiled"],
+        "speed_ratio": {key: rows["eager"][key] / rows["compiled"][key] for key in rows["eager"]},
+        "speed_warmup_s": warmup,
         "speed_parity": {
-            "embeddings_max_abs_diff": float((eager_vectors - fast_vectors).abs().max()),
-            "maps_max_abs_diff": float(np.abs(eager_grids - fast_grids).max()),
+            "embeddings_max_abs_diff": float((eager_vectors - compiled_vectors).abs().max()),
+            "maps_max_abs_diff": float(np.abs(eager_grids - compiled_grids).max()),
         },
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _time_speed(bench: _Bench, backbone) -> tuple[float, dict, tuple]:
+    """Warm-up, then timed prompt learning, inversion and recorded denoising on ``backbone`` (one speed)."""
+    from anyword.diffusion import ddim_denoise, ddim_invert, make_schedule, record_cross_attention
+
+    steps = bench.settings.diffusion.inversion_steps
+    schedule, kind, predict = (
+        make_schedule(backbone.scheduler, steps),
+        backbone.prediction_type,
+        bench.predictor(backbone),
+    )
+    warmup_s, _ = bench.timed(lambda: bench.learn(backbone, steps=1))
+    learn_s, learned = bench.timed(lambda: bench.learn(backbone))
+    with torch.no_grad():
+        invert_s, trajectory = bench.timed(lambda: ddim_invert(predict, bench.latents, schedule, kind))
+        with record_cross_attention(backbone.unet, bench.grids) as recorder:
+            recorder.active = True
+            denoise_s, _ = bench.timed(lambda: ddim_denoise(predict, trajectory, schedule, kind))
+            grids = recorder.average()
+    row = {
+        "prompt_learning_s_per_step": learn_s / bench.settings.diffusion.learning.steps,
+        "inversion_s_per_step": invert_s / steps,
+        "denoise_recorded_s_per_step": denoise_s / steps,
+    }
+    return warmup_s, row, (learned.vectors.float().cpu(), grids)

@@ -234,13 +234,6 @@ class ImageFrame:
         cols = _interpolation_matrix(self.width, grid.shape[1], x0, x1, self.size)
         return (rows @ grid @ cols.T).astype(np.float32)
 
-    def grid_to_image_xy(self, row: float, col: float, grid_shape: tuple[int, int]) -> tuple[float, float]:
-        """Centre of grid cell ``(row, col)`` as ``(x, y)`` original-image coordinates (continuous, not clamped)."""
-        x0, y0, x1, y1 = self.content_box
-        model_x = (col + 0.5) * self.size / grid_shape[1]
-        model_y = (row + 0.5) * self.size / grid_shape[0]
-        return (model_x - x0) * self.width / (x1 - x0), (model_y - y0) * self.height / (y1 - y0)
-
 
 def _interpolation_matrix(out_len: int, grid_len: int, start: float, stop: float, size: int) -> np.ndarray:
     """``(out_len, grid_len)`` linear-interpolation weights from grid cells to output pixel centres."""

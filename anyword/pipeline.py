@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from anyword.adapters import Adapter, apply_adapter, read_adapter
+from anyword.adapters import Adapter, apply_adapter, resolve_adapter
 from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
-from anyword.diffusion.adaptation import AdapterError
 from anyword.diffusion.extract import learned_embeddings_key
-from anyword.diffusion.speed import EAGER, SPEEDS, SpeedSettings
+from anyword.diffusion.speed import EAGER, SPEEDS, SpeedName, SpeedSettings
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
-from anyword.presets import DEFAULT_PRESET, PRESETS, SHIPPED, Preset, custom_preset, get_preset
+from anyword.presets import DEFAULT_PRESET, Preset, custom_preset, get_preset
 from anyword.prompts import PromptSet, PromptSettings, make_prompts
 from anyword.segment import MaskRequest, Segmenter, segmenter_spec
 from anyword.settings import Overrides, PipelineSettings, apply_overrides
@@ -46,7 +45,8 @@ class Analysis:
     (made once), and the points as sampled. Kept by the caller (e.g. per demo session) and passed back to
     :meth:`SegmentAnyword.run` so an edit never re-runs the diffusion model or the image encoder.
 
-    ``image_size`` is ``(width, height)``; ``digest`` the image's :func:`~anyword.images.image_digest`.
+    ``image_size`` is ``(width, height)``; ``digest`` the image's :func:`~anyword.images.image_digest`;
+    ``segmenter`` the registry key of the segmenter whose ``embedding`` this is.
     """
 
     digest: str
@@ -115,10 +115,6 @@ class SegmentationResult:
         """The concept's averaged attention, ``(H, W)`` float32 in [0, 1]."""
         return self.attention.maps.concept_map(concept_id)
 
-    @property
-    def heatmaps(self) -> dict[int, np.ndarray]:
-        return {c.id: self.heatmap(c.id) for c in self.concepts}
-
     def to_dict(self) -> dict:
         width, height = self.image_size
         concepts = []
@@ -160,18 +156,6 @@ class SegmentationResult:
         }
 
 
-def resolve_adapter(preset: Preset, adapter: str | Path | Adapter | None) -> Adapter | None:
-    """The adapter a run uses: ``None``, a folder, or "shipped" (the preset's own: an error if it has none)."""
-    if adapter is None or isinstance(adapter, Adapter):
-        return adapter
-    if str(adapter) == SHIPPED:
-        path = preset.shipped_adapter_path()
-        if path is None:
-            raise AdapterError(f"preset '{preset.name}' ships no text-encoder adapter; train one with `anyword adapt`")
-        return read_adapter(path)
-    return read_adapter(adapter)
-
-
 class _LRU:
     def __init__(self, size: int):
         self.size = size
@@ -194,11 +178,13 @@ class SegmentAnyword:
     """The whole method behind one object.
 
     Args:
-        backbone: a :class:`Backbone` or a preset name (a key of :data:`anyword.presets.PRESETS`).
-        segmenter: a :class:`Segmenter` or a name (a key of :data:`anyword.segment.SEGMENTERS`); ``None``: the
+        preset: a :class:`~anyword.presets.Preset` or a preset name (a key of :data:`anyword.presets.PRESETS`).
+        segmenter: a :class:`Segmenter` or a registry key (of :data:`anyword.segment.SEGMENTERS`); ``None``: the
             preset's default.
-        parser: a :class:`CaptionParser` or "spacy" / "openai".
+        parser: a :class:`CaptionParser` or "spacy" / "openai" (built with the settings' parse settings).
         settings: run settings; ``None``: the preset's (see :meth:`Preset.settings`).
+        backbone: the preset's model, already loaded (e.g. shared by pipelines with different adapters);
+            ``None``: loaded from the preset on first use.
         model: hub id or local folder of a Stable Diffusion v1.x replacing the preset's (set up like ``sd15``).
         segmenter_model: the segmenter's size ("vit_h", "large", ...); ``None``: its default.
         segmenter_checkpoint: a local checkpoint (SAM: a ``.pth`` file; transformers backends: a hub-layout folder).
@@ -207,17 +193,20 @@ class SegmentAnyword:
         progress: show tqdm progress bars (the demo hooks them).
         embeddings_dir: folder where learned token embeddings are saved, one small file per (image, caption,
             model, settings); a later run with the same key loads them and skips prompt learning.
-        adapter: a text-encoder adapter folder (``anyword adapt``), "shipped" for the preset's own, or ``None``;
-            merged into the text encoder at load (Segment Anyword_f with the "fast" quality).
+        adapter: a text-encoder adapter folder (``anyword adapt``), "shipped" for the preset's own, an
+            :class:`~anyword.adapters.Adapter`, or ``None``; merged into the text encoder at load (Segment
+            Anyword_f with the "fast" quality; :func:`~anyword.adapters.choose_adapter` picks one for it).
+        speed: "eager", "compiled" (compiled prompt learning: :mod:`anyword.diffusion.speed`) or its settings.
     """
 
     def __init__(
         self,
-        backbone: Backbone | str = DEFAULT_PRESET,
+        preset: Preset | str = DEFAULT_PRESET,
         segmenter: Segmenter | str | None = None,
         parser: CaptionParser | str = "spacy",
         settings: PipelineSettings | None = None,
         *,
+        backbone: Backbone | None = None,
         model: str | None = None,
         segmenter_model: str | None = None,
         segmenter_checkpoint: str | None = None,
@@ -226,23 +215,24 @@ class SegmentAnyword:
         cache_size: int = 4,
         progress: bool = False,
         embeddings_dir: str | Path | None = None,
-        adapter: str | Path | None = None,
-        speed: SpeedSettings | str = EAGER,
+        adapter: str | Path | Adapter | None = None,
+        speed: SpeedSettings | SpeedName = EAGER,
     ):
-        if isinstance(backbone, Backbone):
-            self.preset = PRESETS.get(backbone.name) or custom_preset(backbone.name)
-        else:
-            self.preset = custom_preset(model) if model is not None else get_preset(backbone)
-        self._backbone = backbone if isinstance(backbone, Backbone) else None
+        if model is not None:
+            preset = custom_preset(model)
+        self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
+        self._backbone = backbone
         self.adapter = resolve_adapter(self.preset, adapter)  # checked now: a wrong folder fails before any load
         self._device, self._dtype = device, dtype
         self.speed = SPEEDS[speed] if isinstance(speed, str) else speed
         self._segmenters: dict[str, Segmenter] = {}
         if segmenter is None or isinstance(segmenter, str):
-            self.segmenter_name = segmenter or self.preset.segmenter
+            self.segmenter_key = segmenter_spec(segmenter or self.preset.segmenter).key
         else:
-            self.segmenter_name = segmenter.name
-            self._segmenters[segmenter.name] = segmenter
+            self.segmenter_key = segmenter.key
+            self._segmenters[segmenter.key] = segmenter
+        if segmenter_model is not None:
+            segmenter_spec(self.segmenter_key).check_model(segmenter_model)  # refused before any model loads
         self._segmenter_options = {"model": segmenter_model, "checkpoint": segmenter_checkpoint}
         self.settings = settings or self.preset.settings()
         self.parser = parser if not isinstance(parser, str) else make_parser(parser, self.settings.parse)
@@ -273,25 +263,26 @@ class SegmentAnyword:
         """The default segmenter (loaded on first use)."""
         return self.get_segmenter()
 
-    def get_segmenter(self, name: str | None = None) -> Segmenter:
-        """Segmenter ``name`` (a registry key; ``None``: the default), loaded once with the preset's weights."""
-        name = name or self.segmenter_name
+    def get_segmenter(self, key: str | None = None) -> Segmenter:
+        """Segmenter ``key`` (a registry key; ``None``: the default), loaded once with the preset's weights; the
+        size and checkpoint given at construction apply to the default one."""
+        key = key or self.segmenter_key
         with self._lock:
-            if name not in self._segmenters:
-                options = self._segmenter_options if name == self.segmenter_name else {}
-                self._segmenters[name] = segmenter_spec(name).load(
+            if key not in self._segmenters:
+                options = self._segmenter_options if key == self.segmenter_key else {}
+                self._segmenters[key] = segmenter_spec(key).load(
                     options.get("model"),
                     weights=self.preset.segmenter_weights,
                     checkpoint=options.get("checkpoint"),
                     device=self._device,
                 )
-            return self._segmenters[name]
+            return self._segmenters[key]
 
     def _resolve(self, segmenter: Segmenter | str | None) -> Segmenter:
         return segmenter if segmenter is not None and not isinstance(segmenter, str) else self.get_segmenter(segmenter)
 
     def random_weights(self, segmenter: Segmenter | str | None = None) -> bool:
-        return self.backbone.random_weights or bool(getattr(self._resolve(segmenter), "random_weights", False))
+        return self.backbone.random_weights or self._resolve(segmenter).random_weights
 
     def models(self, segmenter: Segmenter | str | None = None) -> dict[str, Any]:
         chosen = self._resolve(segmenter)
@@ -304,8 +295,9 @@ class SegmentAnyword:
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).removeprefix("torch."),
             "speed": self.speed.name,
-            "segmenter": chosen.name,
-            "segmenter_random_weights": bool(getattr(chosen, "random_weights", False)),
+            "segmenter": chosen.key,
+            "segmenter_model": chosen.label,
+            "segmenter_random_weights": chosen.random_weights,
             "parser": self.parser.name,
         }
 
@@ -404,7 +396,7 @@ class SegmentAnyword:
         """Attention, the segmenter's image embedding and sampled points: all a point edit reuses."""
         settings = settings or self.settings
         digest = digest or image_digest(image)
-        name = segmenter or self.segmenter_name
+        key = segmenter or self.segmenter_key
         timings: dict[str, float] = {}
         mark = time.perf_counter()
         attention, cached = self.attend(image, parse, settings.diffusion, digest)
@@ -412,14 +404,12 @@ class SegmentAnyword:
         if not cached:
             timings.update({f"attention_{k}_s": v for k, v in attention.timings.items()})
         mark = time.perf_counter()
-        embedding = self.embed(image, name)
+        embedding = self.embed(image, key)
         timings["embed_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         sampled = self.sample_prompts(attention, parse, settings.prompts)
         timings["prompts_s"] = time.perf_counter() - mark
-        analysis = Analysis(
-            digest, (image.shape[1], image.shape[0]), parse, attention, name, embedding, sampled, cached
-        )
+        analysis = Analysis(digest, (image.shape[1], image.shape[0]), parse, attention, key, embedding, sampled, cached)
         return dataclasses.replace(analysis, timings=timings)
 
     def segment(
@@ -505,6 +495,16 @@ class SegmentAnyword:
             attention_cached=analysis.attention_cached,
             parse_settings=getattr(self.parser, "settings", ParseSettings()),
         )
+
+    def warm_up(self) -> float:
+        """Load the models and run one short analysis (one learning step) on a blank image, so that one-time costs
+        (loading, kernel selection, the compiled path's compile: shapes do not depend on the image) are paid before
+        the first real request. Returns the seconds it took."""
+        started = time.perf_counter()
+        side = self.backbone.resolution
+        settings = apply_overrides(self.settings, Overrides(learning_steps=1))
+        self.run(np.full((side, side, 3), 127, dtype=np.uint8), "a ball", settings=settings)
+        return time.perf_counter() - started
 
     def _warnings(self, analysis: Analysis, parse: ParseResult) -> list[str]:
         warnings = list(analysis.attention.maps.alignment.warnings)

@@ -1,8 +1,10 @@
 """The one preset registry: every named model setup, what it loads, what it segments with, the settings it runs
 with, whether its weights are random, and whether they are available here. The CLI, the demo, the pipeline,
-evaluation and benchmarks all read :data:`PRESETS`; nothing else matches preset names.
+evaluation and benchmarks all read :data:`PRESETS`. Other code names a preset only through the constants below
+(which preset a default means), never by matching a name against a string.
 
-Adding a backbone is one loader (``anyword/diffusion/``) plus one :class:`Preset` entry here.
+Adding a backbone is one loader (``anyword/diffusion/``, taking ``name=, device=, dtype=, seed=``) plus one
+:class:`Preset` entry here; the loader never knows which preset calls it (:meth:`Preset.load` names the model).
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from anyword.downloads import Availability
 from anyword.errors import AnywordError
-from anyword.segment import PRETRAINED, RANDOM, TINY, segmenter_spec
-from anyword.settings import Overrides
+from anyword.segment import PRETRAINED, RANDOM, TINY, SegmenterWeights, segmenter_spec
+from anyword.settings import Overrides, Quality
 
 if TYPE_CHECKING:
     from anyword.diffusion import Backbone
     from anyword.settings import PipelineSettings
 
+ExampleSet = Literal["photos", "shapes"]  # which demo examples suit a preset
+
 DEFAULT_PRESET = "sd15"  # the paper's setup
 TEST_PRESET = "tiny"  # what tests and benchmarks build when told nothing
-SHIPPED = "shipped"  # --adapter shipped: the preset's own adapter
-OFFLINE_PRESET = "shapes"  # the demo's start when the default's weights are unavailable (real maps, no download)
+SHAPES_PRESET = "shapes"  # the model trained on the shapes world (anyword.shapes): its datasets and reports use it
+OFFLINE_PRESET = SHAPES_PRESET  # the demo's start when the default's weights are unavailable (real maps, offline)
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,27 @@ class CpuCost:
 
 
 @dataclass(frozen=True)
+class GpuReservation:
+    """Seconds to reserve on a shared GPU (Hugging Face ZeroGPU) for one analysis: loading and inversion, then
+    each prompt-learning step (estimated for an A10G), capped at the platform's limit."""
+
+    base_s: float = 60.0
+    step_s: float = 0.25
+    limit_s: float = 1500.0
+
+    def seconds(self, learning_steps: int) -> int:
+        return int(min(self.limit_s, self.base_s + self.step_s * learning_steps))
+
+
+@dataclass(frozen=True)
 class Preset:
     """A named setup.
 
     Attributes:
         name, description: what users pick and read.
         backbone_id: the diffusion weights it uses (hub id, or how it is built).
-        load: ``load(device=, dtype=, seed=)`` -> :class:`~anyword.diffusion.Backbone`.
+        loader: ``loader(name=, device=, dtype=, seed=)`` -> :class:`~anyword.diffusion.Backbone` (call
+            :meth:`load`, which names the model after the preset).
         segmenter: the default segmenter (a key of :data:`anyword.segment.SEGMENTERS`).
         segmenter_weights: which weights any segmenter gets with this preset: "pretrained", "tiny" (toy size,
             random) or "random" (full size, random).
@@ -72,17 +90,22 @@ class Preset:
     name: str
     description: str
     backbone_id: str
-    load: Callable[..., Backbone]
+    loader: Callable[..., Backbone]
     segmenter: str
-    segmenter_weights: str
+    segmenter_weights: SegmenterWeights
     overrides: Overrides = field(default_factory=Overrides)
     random_weights: bool = False
     backbone_availability: Callable[[], Availability] = lambda: Availability("random", "built from a config")
     cpu_cost: CpuCost | None = None
-    examples: str = "photos"
+    examples: ExampleSet = "photos"
     in_demo: bool = True
-    budgets: dict = field(default_factory=dict)
+    budgets: dict[Quality, int] = field(default_factory=dict)
     shipped_adapter: str | None = None
+    gpu_reservation: GpuReservation = GpuReservation()
+
+    def load(self, device: str | None = None, dtype: str | None = None, seed: int = 0) -> Backbone:
+        """The preset's backbone (named after the preset, which is what adapters and caches match)."""
+        return self.loader(name=self.name, device=device, dtype=dtype, seed=seed)
 
     def settings(self, overrides: Overrides | None = None) -> PipelineSettings:
         """The paper's settings with this preset's and then ``overrides``' values applied."""
@@ -137,10 +160,10 @@ class Preset:
 # Loaders import the diffusion stage when called: listing presets (the CLI's help, `anyword presets`) stays light.
 
 
-def _load_pretrained(model: str, name: str, seed: int = 0, **options) -> Backbone:
+def _load_pretrained(model: str, **options) -> Backbone:
     from anyword.diffusion.loading import load_pretrained
 
-    return load_pretrained(model, name=name, **options)  # trained weights: the seed builds nothing
+    return load_pretrained(model, **options)
 
 
 def _sd_availability(model: str) -> Availability:
@@ -172,7 +195,7 @@ def _pretrained(name: str, model: str, description: str) -> Preset:
         name,
         description,
         backbone_id=model,
-        load=lambda **options: _load_pretrained(model, name, **options),
+        loader=lambda **options: _load_pretrained(model, **options),
         segmenter="sam",
         segmenter_weights=PRETRAINED,
         backbone_availability=lambda: _sd_availability(model),
@@ -195,17 +218,17 @@ PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
         _pretrained(
-            "sd15",
+            DEFAULT_PRESET,
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "Stable Diffusion 1.5 + SAM ViT-H (the paper's setup)",
         ),
         _pretrained("sd14", "CompVis/stable-diffusion-v1-4", "Stable Diffusion 1.4 + SAM ViT-H"),
         Preset(
-            "shapes",
+            SHAPES_PRESET,
             "toy text-to-image model trained in this repository + GrabCut: real maps and masks on shape scenes, "
             "offline",
             backbone_id="anyword/data/shapes",
-            load=_load_shapes,
+            loader=_load_shapes,
             segmenter="grabcut",
             segmenter_weights=PRETRAINED,
             # Chosen on validation scenes only (never the test scenes 0-99; docs/benchmarks.md): its cross-attention
@@ -221,16 +244,17 @@ PRESETS: dict[str, Preset] = {
             ),
             backbone_availability=_shapes_availability,
             examples="shapes",
-            # The paper's 1100 / 50 steps scaled to this model: its full setting is 30 steps, fast a tenth.
+            # The paper's 1100 / 50 steps scaled to this model: its full setting is 30 steps, Segment Anyword_f's a
+            # tenth.
             budgets={"paper": 30, "fast": 3},
             shipped_adapter="shapes/adapter",
         ),
         Preset(
-            "tiny",
+            TEST_PRESET,
             "tiny random-weight models (diffusion + any segmenter) with the real CLIP tokenizer: tests and trying "
             "the flow offline; results mean nothing",
             backbone_id="random: tiny Stable Diffusion classes, 64 px",
-            load=_build_tiny,
+            loader=_build_tiny,
             segmenter="sam",
             segmenter_weights=TINY,
             overrides=Overrides(learning_steps=10, inversion_steps=25),
@@ -240,7 +264,7 @@ PRESETS: dict[str, Preset] = {
             "sd15-random",
             "full SD 1.5 architecture + full-size segmenter with random weights: for timing and memory only",
             backbone_id="random: Stable Diffusion 1.5 architecture, 512 px",
-            load=_build_sd15_random,
+            loader=_build_sd15_random,
             segmenter="sam",
             segmenter_weights=RANDOM,
             random_weights=True,

@@ -128,26 +128,6 @@ class PromptSet:
             raise ValueError(f"label must be 1 (positive) or 0 (negative), got {label}")
         return self._replace_points(concept_id, (*self.for_concept(concept_id), PointPrompt(x, y, label, source)))
 
-    def remove_point(self, concept_id: int, index: int) -> PromptSet:
-        points = list(self.for_concept(concept_id))
-        if not -len(points) <= index < len(points):
-            raise IndexError(f"concept {concept_id} has {len(points)} points; no point {index}")
-        del points[index]
-        return self._replace_points(concept_id, points)
-
-    def move_point(self, concept_id: int, index: int, x: float, y: float) -> PromptSet:
-        point = self.for_concept(concept_id)[index]
-        moved = self.remove_point(concept_id, index).add_point(concept_id, x, y, point.label, point.source)
-        points = list(moved.for_concept(concept_id))
-        points.insert(index, points.pop())  # keep the order
-        return moved._replace_points(concept_id, points)
-
-    def nearest_point(self, concept_id: int, x: float, y: float) -> int | None:
-        points = self.for_concept(concept_id)
-        if not points:
-            return None
-        return int(np.argmin([(p.x - x) ** 2 + (p.y - y) ** 2 for p in points]))
-
     def clear(self, concept_id: int) -> PromptSet:
         return self._replace_points(concept_id, ())
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from anyword.errors import SettingsError
 from anyword.parsing.concepts import ParseSettings
@@ -25,9 +25,15 @@ def _paper_diffusion() -> DiffusionSettings:
 
 
 # Named step budgets a user can pick instead of a number; a preset may scale "paper" and "fast" to its model
-# (Preset.budgets). "fast" is Segment Anyword_f's budget: it is meant with a text-encoder adapter (the pipeline's
-# choice); "50-steps" is the same number of steps on the frozen encoder.
-QUALITIES = {"paper": PAPER_LEARNING_STEPS, "fast": SHORT_LEARNING_STEPS, "50-steps": SHORT_LEARNING_STEPS}
+# (Preset.budgets). "fast" is Segment Anyword_f's budget and means a text-encoder adapter too (see
+# anyword.adapters.choose_adapter); "50-steps" is the same number of steps on the frozen encoder.
+Quality = Literal["paper", "fast", "50-steps"]
+QUALITIES: dict[Quality, int] = {
+    "paper": PAPER_LEARNING_STEPS,
+    "fast": SHORT_LEARNING_STEPS,
+    "50-steps": SHORT_LEARNING_STEPS,
+}
+FAST: Quality = "fast"  # Segment Anyword_f: the one meaning of "fast" in this project
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,21 @@ class PipelineSettings:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        data["parse"] = {"predicates": self.parse.predicates, "max_caption_chars": self.parse.max_caption_chars}
+        data["parse"] = {
+            "predicates": self.parse.predicates,
+            "frame_nouns_skipped": bool(self.parse.frame_nouns or self.parse.location_nouns),
+            "max_caption_chars": self.parse.max_caption_chars,
+        }
         return data
 
 
 @dataclass(frozen=True)
 class Overrides:
     """Changes to a run's settings; ``None`` keeps the value underneath. ``seed`` seeds both prompt learning and
-    point sampling. ``quality`` ("paper", "50-steps") names a learning-step budget; ``learning_steps`` wins over it."""
+    point sampling. ``quality`` names a learning-step budget (:data:`QUALITIES`); ``learning_steps`` wins over it.
+    ``predicates`` and ``keep_frame_nouns`` change what the caption parser counts as a concept."""
 
-    quality: str | None = None
+    quality: Quality | None = None
     learning_steps: int | None = None
     learning_rate: float | None = None
     learning_batch: int | None = None
@@ -64,6 +75,8 @@ class Overrides:
     noun_points: int | None = None
     sampling: str | None = None
     adjective_region: str | None = None
+    predicates: bool | None = None
+    keep_frame_nouns: bool | None = None
 
     def __post_init__(self):
         if self.quality is not None and self.quality not in QUALITIES:
@@ -105,7 +118,20 @@ def apply_overrides(
     learning = _replace(diffusion.learning, learning_changes)
     diffusion = _replace(diffusion, {**diffusion_changes, "learning": learning})
     prompts = _replace(settings.prompts, prompt_changes)
-    return dataclasses.replace(settings, diffusion=diffusion, prompts=prompts)
+    return dataclasses.replace(
+        settings, diffusion=diffusion, prompts=prompts, parse=parse_settings(overrides, settings.parse)
+    )
+
+
+def parse_settings(overrides: Overrides, settings: ParseSettings = ParseSettings()) -> ParseSettings:
+    """``settings`` (the parser's part of a run's settings) with what ``overrides`` changes in it; the caption
+    parser alone needs no model, so this does not build the rest."""
+    changes: dict = {"predicates": overrides.predicates}
+    if overrides.keep_frame_nouns is not None:
+        kept = overrides.keep_frame_nouns
+        changes["frame_nouns"] = frozenset() if kept else ParseSettings().frame_nouns
+        changes["location_nouns"] = frozenset() if kept else ParseSettings().location_nouns
+    return _replace(settings, changes)
 
 
 def _replace(value, changes: dict):

@@ -90,10 +90,6 @@ class TokenAlignment:
     concepts: tuple[ConceptTokens, ...]
     warnings: tuple[str, ...] = ()
 
-    @property
-    def truncated(self) -> bool:
-        return self.caption_tokens > self.window
-
     def for_concept(self, concept_id: int) -> ConceptTokens:
         for concept in self.concepts:
             if concept.concept_id == concept_id:

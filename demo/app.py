@@ -11,7 +11,9 @@ import logging
 import math
 import os
 
+from anyword.flags import DTYPE_CHOICES, DeprecatedFlag
 from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET
+from anyword.segment import models_help
 from demo.models import demo_presets
 
 
@@ -37,12 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also serve through a temporary public gradio.live link",
     )
     parser.add_argument("--device", default=env("ANYWORD_DEVICE"), help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--dtype", default=env("ANYWORD_DTYPE"), choices=("fp16", "bf16", "fp32"))
+    parser.add_argument("--dtype", default=env("ANYWORD_DTYPE"), choices=DTYPE_CHOICES)
     parser.add_argument(
         "--segmenter-model",
         "--sam-model",
         default=env("ANYWORD_SEGMENTER_MODEL") or env("ANYWORD_SAM_MODEL"),
-        help="size of the preset's segmenter: vit_h (default), vit_l, vit_b for SAM",
+        help=f"size of the preset's segmenter: {models_help()}",
     )
     parser.add_argument(
         "--gpu-concurrency",
@@ -77,11 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="sessions whose state the server keeps; past it the least recently used is dropped (default 1000)",
     )
     parser.add_argument(
-        "--fast-path",
+        "--compile",
         action="store_true",
-        default=env("ANYWORD_FAST_PATH", "") == "1",
+        default=env("ANYWORD_COMPILE", "") == "1" or env("ANYWORD_FAST_PATH", "") == "1",  # the old name, deprecated
         help="compiled prompt learning, channels-last, no per-step host sync (same results; a one-time compile)",
     )
+    parser.add_argument("--fast-path", action=DeprecatedFlag, nargs=0, dest="compile", help=argparse.SUPPRESS)
     parser.add_argument(
         "--warm-up",
         action="store_true",
@@ -122,7 +125,7 @@ def main(argv=None) -> None:
         visitor_llm_urls=args.allow_visitor_llm_url or not public,
         refuse_private_llm_urls=public,
         session_ttl_s=args.session_ttl,
-        speed="fast" if args.fast_path else "eager",
+        speed="compiled" if args.compile else "eager",
         warm_up=args.warm_up,
     )
     demo = build_demo(config)

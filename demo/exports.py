@@ -53,9 +53,6 @@ class ExportStore:
     def total_bytes(self) -> int:
         return sum(_size(folder) for folder in self.root.iterdir() if folder.is_dir())
 
-    def owners(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
-
     def _folder(self, owner: str) -> Path:
         if not owner.isalnum():
             raise ValueError(f"not an export owner: {owner!r}")

@@ -1,8 +1,10 @@
-"""Demo handlers: plain functions from (session, inputs) to (session, view), testable without a browser.
+"""Demo handlers: plain functions from (session, request) to (session, view), testable without a browser.
 
-A *view* is a dict naming the page parts to update (``highlight``, ``concepts``, ``gallery``, ``editor``, ...);
-parts not named stay as they are. Bad input raises :class:`~anyword.errors.AnywordError` with a message for the
-user; the UI layer shows it as a warning and the app keeps serving. All method logic is in ``anyword``.
+A request is a typed value (:mod:`demo.requests`) or, for one-control actions, the control's value; a *view* is a
+dict naming the page parts to update (``highlight``, ``concepts``, ``gallery``, ``editor``, ...); parts not named
+stay as they are. Bad input raises :class:`~anyword.errors.AnywordError` with a message for the user; the UI layer
+shows it as a warning and the app keeps serving. Handlers call the pipeline and turn its results into pictures and
+words; the method itself is in ``anyword``.
 """
 
 from __future__ import annotations
@@ -24,44 +26,32 @@ from anyword.parsing.llm_access import LLMAccess
 from anyword.pipeline import SegmentationResult
 from anyword.presets import get_preset
 from anyword.prompts import NEGATIVE, POSITIVE
-from anyword.seeds import check_seed
-from anyword.settings import SHORT_LEARNING_STEPS, Overrides
+from anyword.settings import FAST, Overrides
+from demo import choices
 from demo.exports import ExportStore
+from demo.requests import ComputeRequest, EditRequest, ParseRequest, PointSettings
 from demo.state import Session
 
-PARSER_SPACY = "spaCy (offline)"
-PARSER_LLM = "GPT-4o / OpenAI-compatible LLM"
-QUALITY_PRESET = "preset default"
-QUALITY_PAPER = "paper (1100 steps)"
-QUALITY_FAST = "fast: Segment Anyword_f (adapter + 50 steps)"
-QUALITY_SHORT = "50 steps, no adapter"
-QUALITY_CUSTOM = "custom"
-QUALITIES = (QUALITY_PRESET, QUALITY_PAPER, QUALITY_FAST, QUALITY_SHORT, QUALITY_CUSTOM)
-# page label -> anyword.settings.QUALITIES (a preset scales "paper" and "fast" to its model, e.g. 30 and 3 for shapes)
-_QUALITY_NAMES = {QUALITY_PAPER: "paper", QUALITY_FAST: "fast", QUALITY_SHORT: "50-steps"}
-SEGMENTER_PRESET = "preset default"
-ADAPTER_NONE = ""  # the adapter dropdown's "none" value
-ACTION_DROP = "drop concept"
-ACTION_ADD = "add word as concept"
-ACTION_BIND = "bind adjective"
-ACTION_UNBIND = "unbind adjective"
-ACTIONS = (ACTION_DROP, ACTION_ADD, ACTION_BIND, ACTION_UNBIND)
-MODE_POSITIVE = "positive (+)"
-MODE_NEGATIVE = "negative (−)"
-HIGHLIGHT_COLOURS = {"noun": "#3b82f6", "adjective": "#f59e0b", "predicate": "#a855f7"}
 THUMBNAIL_SIDE = 320
+HIGHLIGHT_COLOURS = {"noun": "#3b82f6", "adjective": "#f59e0b", "predicate": "#a855f7"}
 
 
 def concept_label(concept) -> str:
     return f"{concept.id}: {concept.phrase}"
 
 
-def concept_id_from(label: str | None) -> int | None:
-    if not label:
+def concept_choices(result: ParseResult) -> list[tuple[str, int]]:
+    """The concept pickers' choices: the page shows ``"id: phrase"``, sends the id."""
+    return [(concept_label(c), c.id) for c in result.concepts]
+
+
+def concept_id_from(value: int | str | None) -> int | None:
+    """A concept id as a picker sends it (an API caller may send it as text), ``None`` if nothing usable."""
+    if value is None or isinstance(value, bool):
         return None
     try:
-        return int(str(label).split(":", 1)[0])
-    except ValueError:
+        return int(value)
+    except (TypeError, ValueError):
         return None
 
 
@@ -87,22 +77,17 @@ def set_image(session: Session, path: str | None) -> tuple[Session, dict]:
 
 
 def parse_caption(
-    session: Session,
-    caption: str,
-    parser_choice: str,
-    api_key: str = "",
-    llm_model: str = "",
-    base_url: str = "",
-    nlp=None,
-    llm: LLMAccess | None = None,
+    session: Session, request: ParseRequest, nlp=None, llm: LLMAccess | None = None
 ) -> tuple[Session, dict]:
     """Caption -> concepts with the chosen parser. ``llm`` decides which endpoint and key the LLM parser may use
     (the visitor's key serves this call only and is never kept or shown)."""
+    caption = request.caption
     if not caption or not caption.strip():
         raise AnywordError("Type a caption first: describe the objects to segment, e.g. 'a brown dog on a red sofa'.")
     spacy_parser = SpacyParser(nlp=nlp)
-    if parser_choice == PARSER_LLM:
-        result, problem = (llm or LLMAccess()).parse(caption, spacy_parser, base_url, api_key, llm_model)
+    if request.parser == choices.LLM:
+        llm = llm or LLMAccess()
+        result, problem = llm.parse(caption, spacy_parser, request.base_url, request.api_key, request.llm_model)
     else:
         result, problem = spacy_parser.parse(caption), None
     session = dataclasses.replace(session)
@@ -118,7 +103,7 @@ def parse_view(result: ParseResult) -> dict:
     return {
         "highlight": highlight(result),
         "concepts": concept_rows(result),
-        "concept_choices": [concept_label(c) for c in result.concepts],
+        "concept_choices": concept_choices(result),
     }
 
 
@@ -147,28 +132,29 @@ def concept_rows(result: ParseResult) -> list[list]:
     return [[c.id, c.phrase, c.noun, ", ".join(c.adjectives) or "—", c.kind, len(c.mentions)] for c in result.concepts]
 
 
-def edit_concepts(session: Session, action: str, concept: str | None, word: str) -> tuple[Session, dict]:
+def edit_concepts(session: Session, request: EditRequest) -> tuple[Session, dict]:
     """Correct the parse: drop a concept, add a caption word as a concept, bind or unbind an adjective."""
     if session.parse is None:
         raise AnywordError("Parse the caption first.")
-    parse = session.parse
-    concept_id = concept_id_from(concept)
-    word = (word or "").strip()
-    if action in (ACTION_DROP, ACTION_BIND, ACTION_UNBIND) and concept_id is None:
+    parse, action = session.parse, request.action
+    concept_id = concept_id_from(request.edit_concept)
+    word = (request.edit_word or "").strip()
+    if action != choices.ADD and concept_id is None:
         raise AnywordError("Pick a concept to edit.")
-    if action in (ACTION_ADD, ACTION_BIND, ACTION_UNBIND) and not word:
+    if action != choices.DROP and not word:
         raise AnywordError("Type the word of the caption to use.")
-    if action == ACTION_DROP:
+    if action == choices.DROP:
         parse = parse.drop_concept(concept_id)
-    elif action == ACTION_UNBIND:
+    elif action == choices.UNBIND:
         parse = parse.unbind_adjective(concept_id, word)
     else:
         span = _word_span(parse.caption, word)
-        parse = parse.add_word_as_concept(span) if action == ACTION_ADD else parse.bind_adjective(concept_id, span)
+        parse = parse.add_word_as_concept(span) if action == choices.ADD else parse.bind_adjective(concept_id, span)
     session = dataclasses.replace(session)
     session.forget_from_parse()
     session.parse = parse
-    return session, {**parse_view(parse), "notice": f"Concepts updated ({action}). Compute attention again."}
+    label = choices.label_of(choices.ACTIONS, action)
+    return session, {**parse_view(parse), "notice": f"Concepts updated ({label}). Compute attention again."}
 
 
 def _word_span(caption: str, word: str) -> tuple[int, int]:
@@ -183,25 +169,6 @@ def _word_span(caption: str, word: str) -> tuple[int, int]:
 # --- attention -----------------------------------------------------------------------------------------------
 
 
-def page_overrides(
-    quality: str, steps: float | None, seed: float | None, threshold: float | None = None, r1=None, r2=None
-) -> Overrides:
-    """The page's choices as overrides of the preset's settings."""
-    custom = None
-    if quality == QUALITY_CUSTOM:
-        if steps is None:
-            raise AnywordError("Type the number of custom steps.")
-        custom = int(steps)
-    return Overrides(
-        quality=_QUALITY_NAMES.get(quality),
-        learning_steps=custom,
-        seed=check_seed(0 if seed is None else seed),
-        threshold=None if threshold is None else float(threshold),
-        r1=None if r1 is None else bool(r1),
-        r2=None if r2 is None else bool(r2),
-    )
-
-
 def preset_notice(preset: str, device: str | None = None) -> str:
     """What the chosen model is, and what its default run would cost on this machine (before it starts)."""
     chosen = get_preset(preset)
@@ -209,76 +176,82 @@ def preset_notice(preset: str, device: str | None = None) -> str:
     if chosen.random_weights:
         notice += " Its maps and masks mean nothing."
     if chosen.shipped_adapter_path() is not None:
-        fast = chosen.settings(Overrides(quality="fast")).diffusion.learning.steps
+        fast = chosen.settings(Overrides(quality=FAST)).diffusion.learning.steps
         notice += f" Fast mode: its shipped text-encoder adapter + {fast} learning steps."
     cost = chosen.cost_warning(chosen.settings().diffusion.learning.steps, device)
     if cost is not None:
-        notice += f" Note: {cost}. Choose **{QUALITY_SHORT}** ({SHORT_LEARNING_STEPS} steps) to try it."
+        short = choices.label_of(choices.quality_choices(chosen), "50-steps")
+        notice += f" Note: {cost}. Choose **{short}** to try it."
     return notice
 
 
+def preset_view(preset: str) -> dict:
+    """The controls whose defaults are the preset's: prompt-learning choices (with its step counts), custom steps,
+    threshold, R1, R2, seed."""
+    chosen = get_preset(preset)
+    settings = chosen.settings()
+    prompts = settings.prompts
+    return {
+        "quality_choices": choices.quality_choices(chosen),
+        "steps": settings.diffusion.learning.steps,
+        "threshold": prompts.threshold,
+        "r1": prompts.r1,
+        "r2": prompts.r2,
+        "seed": prompts.seed,
+    }
+
+
 def choose_preset(session: Session, preset: str, device: str | None = None) -> tuple[Session, dict]:
-    return session, {"notice": preset_notice(preset, device)}
+    return session, {**preset_view(preset), "notice": preset_notice(preset, device)}
 
 
-def compute(
-    hub,
-    session: Session,
-    preset: str,
-    segmenter: str | None,
-    adapter: str | None,
-    quality: str,
-    steps: float | None,
-    seed: float | None,
-    threshold: float,
-    r1: bool,
-    r2: bool,
-) -> tuple[Session, dict]:
+def compute(hub, session: Session, request: ComputeRequest) -> tuple[Session, dict]:
     """Inversion, prompt learning and averaged attention (the slow step), the segmenter's image embedding, then
     sampled points: all kept in the session."""
     if session.image is None:
         raise AnywordError("Upload an image (or pick an example) first.")
     if session.parse is None:
         raise AnywordError("Parse the caption first.")
-    overrides = page_overrides(quality, steps, seed, threshold, r1, r2)
-    chosen_adapter = hub.adapter_for(preset, adapter or None, fast=quality == QUALITY_FAST)
-    pipeline = hub.pipeline(preset, chosen_adapter)
-    chosen = None if segmenter in (None, "", SEGMENTER_PRESET) else segmenter
+    overrides = request.overrides()
+    adapter = hub.adapter_for(request.preset, request.adapter_path, overrides.quality)
+    pipeline = hub.pipeline(request.preset, adapter)
     started = time.perf_counter()
     analysis = pipeline.analyze(
-        session.image, session.parse, pipeline.preset.settings(overrides), segmenter=chosen, digest=session.digest
+        session.image,
+        session.parse,
+        pipeline.preset.settings(overrides),
+        segmenter=request.segmenter_key,
+        digest=session.digest,
     )
     seconds = time.perf_counter() - started
     session = dataclasses.replace(
-        session, preset=preset, adapter=chosen_adapter, analysis=analysis, prompts=analysis.sampled, history=[]
+        session, preset=request.preset, adapter=adapter, analysis=analysis, prompts=analysis.sampled, history=[]
     )
     session.result = None
     session.concept_id = session.parse.concepts[0].id
-    weights = "RANDOM WEIGHTS: maps and masks mean nothing. " if pipeline.random_weights(chosen) else ""
+    weights = "RANDOM WEIGHTS: maps and masks mean nothing. " if pipeline.random_weights(analysis.segmenter) else ""
     attention = analysis.attention
     notice = (
         f"{weights}Attention {'reused' if analysis.attention_cached else 'computed'} in {seconds:.1f} s "
         f"({attention.settings.learning.steps} prompt-learning steps, seed {attention.settings.seed}, "
-        f"{'adapter ' + chosen_adapter.ident if chosen_adapter else 'no adapter'}, "
+        f"{'adapter ' + adapter.ident if adapter else 'no adapter'}, "
         f"reconstruction MSE {attention.reconstruction_mse:.2g}). Click on the image to edit points, then Segment."
     )
     return session, {**points_view(session), "gallery": gallery(session), "notice": notice}
 
 
-def resample(hub, session: Session, threshold: float, r1: bool, r2: bool, seed: float | None) -> tuple[Session, dict]:
+def resample(hub, session: Session, request: PointSettings) -> tuple[Session, dict]:
     """New threshold / R1 / R2 / seed: re-sample points from the maps already computed (no model runs)."""
     if session.analysis is None:
         return session, {}
-    overrides = Overrides(
-        threshold=float(threshold), r1=bool(r1), r2=bool(r2), seed=check_seed(0 if seed is None else seed)
-    )
-    analysis = hub.pipeline(session.preset, session.adapter).resample(session.analysis, overrides)
+    analysis = hub.pipeline(session.preset, session.adapter).resample(session.analysis, request.overrides())
     session = dataclasses.replace(session, analysis=analysis, prompts=analysis.sampled, history=[])
+    settings = analysis.sampled.settings
     return session, {
         **points_view(session),
         "gallery": gallery(session),
-        "notice": f"Points re-sampled (threshold {threshold:.2f}, R1 {'on' if r1 else 'off'}, "
-        f"R2 {'on' if r2 else 'off'}).",
+        "notice": f"Points re-sampled (threshold {settings.threshold:.2f}, R1 {'on' if settings.r1 else 'off'}, "
+        f"R2 {'on' if settings.r2 else 'off'}).",
     }
 
 
@@ -315,7 +288,7 @@ def points_view(session: Session) -> dict:
     points = session.prompts.for_concept(session.concept_id)
     return {
         "editor": picture,
-        "concept_choice": concept_label(concept),
+        "concept_choice": concept.id,
         "points_text": f"'{concept.phrase}': {sum(p.label == POSITIVE for p in points)} positive, "
         f"{sum(p.label == NEGATIVE for p in points)} negative points",
     }
@@ -337,7 +310,9 @@ def click(session: Session, x: float, y: float, mode: str) -> tuple[Session, dic
     height, width = session.image.shape[:2]
     image_x = min(width - 1.0, max(0.0, round(x / scale)))
     image_y = min(height - 1.0, max(0.0, round(y / scale)))
-    label = NEGATIVE if mode == MODE_NEGATIVE else POSITIVE
+    if mode not in (choices.POSITIVE, choices.NEGATIVE):
+        raise AnywordError("Choose whether a click adds a positive or a negative point.")
+    label = NEGATIVE if mode == choices.NEGATIVE else POSITIVE
     prompts = session.prompts.add_point(session.concept_id, image_x, image_y, label)
     session = dataclasses.replace(session, prompts=prompts, history=[*session.history, session.prompts])
     kind = "negative" if label == NEGATIVE else "positive"
@@ -392,7 +367,7 @@ def segment(hub, session: Session) -> tuple[Session, dict]:
     return session, {
         "annotated": (session.image, annotations),
         "notice": f"Segmented {len(result.concepts)} concepts in {seconds * 1000:.0f} ms "
-        f"(segmenter {result.models['segmenter']}).{weights}",
+        f"(segmenter {result.models['segmenter_model']}).{weights}",
     }
 
 

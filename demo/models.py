@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import threading
 
-from anyword.adapters import Adapter, find_adapters
+from anyword.adapters import Adapter, choose_adapter, find_adapters
+from anyword.diffusion.speed import SpeedName
 from anyword.errors import AnywordError
 from anyword.presets import PRESETS, get_preset
+from anyword.settings import Quality
 
 
 def demo_presets() -> list[str]:
@@ -43,7 +45,7 @@ class ModelHub:
         dtype: str | None = None,
         segmenter_model: str | None = None,
         nlp=None,
-        speed: str = "eager",
+        speed: SpeedName = "eager",
     ):
         self.speed = speed
         self.device = device
@@ -65,22 +67,13 @@ class ModelHub:
                 self._nlp = load_spacy_model()
             return self._nlp
 
-    def adapter_for(self, preset: str, chosen: str | None, fast: bool) -> Adapter | None:
-        """The adapter a compute request uses: the one picked (from :attr:`adapters` only), else for the fast
-        quality the preset's shipped one; fast with no adapter for this model is refused in plain words."""
-        if chosen:
-            if chosen not in self.adapters:
-                raise AnywordError("Pick an adapter from the list.")
-            return self.adapters[chosen]
-        shipped = get_preset(preset).shipped_adapter_path()
-        if fast and shipped is not None and str(shipped) in self.adapters:
-            return self.adapters[str(shipped)]
-        if fast:
-            raise AnywordError(
-                f"Fast mode (Segment Anyword_f) needs a text-encoder adapter, and there is none for "
-                f"{preset} here. Choose '50 steps, no adapter' instead."
-            )
-        return None
+    def adapter_for(self, preset: str, chosen: str | None, quality: Quality | None) -> Adapter | None:
+        """The adapter a compute request uses (:func:`anyword.adapters.choose_adapter`): the one picked, from
+        :attr:`adapters` only (the page never reads a path a visitor typed), else for the fast quality the preset's
+        shipped one, else none; fast with no adapter for this model is refused in plain words."""
+        if chosen and chosen not in self.adapters:
+            raise AnywordError("Pick an adapter from the list.")
+        return choose_adapter(get_preset(preset), self.adapters.get(chosen) if chosen else None, quality)
 
     def pipeline(self, preset: str, adapter: Adapter | None = None):
         """The preset's pipeline (with ``adapter`` merged) and its models loaded (raises :class:`AnywordError` if
@@ -95,9 +88,10 @@ class ModelHub:
             key = (preset, str(adapter.path))
             if key not in self._pipelines:
                 pipeline = SegmentAnyword(
-                    base.backbone,
+                    base.preset,
                     base.segmenter,
                     SpacyParser(nlp=self.nlp),
+                    backbone=base.backbone,
                     adapter=adapter,
                     progress=True,
                     speed=self.speed,
@@ -132,18 +126,6 @@ class ModelHub:
             return self._pipelines[key]
 
     def warm_up(self, preset: str) -> float:
-        """Load the preset's models and run one short analysis (one learning step) on a blank image, so that
-        one-time costs (loading, kernel selection, the fast path's compile: shapes do not depend on the image)
-        are paid before the first visitor. Returns the seconds it took."""
-        import time
-
-        import numpy as np
-
-        from anyword.settings import Overrides
-
-        started = time.perf_counter()
-        pipeline = self.pipeline(preset)
-        side = pipeline.backbone.resolution
-        settings = pipeline.preset.settings(Overrides(learning_steps=1))
-        pipeline.run(np.full((side, side, 3), 127, dtype=np.uint8), "a ball", settings=settings)
-        return time.perf_counter() - started
+        """Load the preset's models and pay the one-time costs before the first visitor
+        (:meth:`~anyword.pipeline.SegmentAnyword.warm_up`); returns the seconds it took."""
+        return self.pipeline(preset).warm_up()

@@ -35,7 +35,6 @@ class Session:
     history: list[PromptSet] = field(default_factory=list)  # for undo
     result: SegmentationResult | None = None
     concept_id: int | None = None
-    notice: str = ""
     export_owner: str | None = None  # this session's folder in the export store (made on its first export)
 
     @property

@@ -60,7 +60,7 @@ def pipeline_smoke(preset: str, learning_steps: int) -> dict:
     return {
         "preset": preset,
         "backbone": result.models["backbone"],
-        "segmenter": result.models["segmenter"],
+        "segmenter": result.models["segmenter_model"],
         "dtype": result.models["dtype"],
         "load_s": load_s,
         "first_run_s": first_s,
@@ -96,11 +96,13 @@ def main() -> int:
 
     sections = {
         "tiny_cuda_pipeline": lambda: pipeline_smoke("tiny", 10),
-        "bench_sd15_random": lambda: run_benchmark("sd15-random", device="cuda", steps=50, learning_steps=10),
+        "bench_sd15_random": lambda: run_benchmark("sd15-random", device="cuda", inversion_steps=50, learning_steps=10),
         "segmenters_full_size_random": lambda: run_segmenter_benchmark("sd15-random", device="cuda"),
         "sd15_random_pipeline_50_steps": lambda: pipeline_smoke("sd15-random", SHORT_LEARNING_STEPS),
         "tiny_edit_benchmark": lambda: run_edit_benchmark("tiny", device="cuda"),
-        "speed_sd15_random": lambda: run_speed_benchmark("sd15-random", device="cuda", learning_steps=20, steps=50),
+        "speed_sd15_random": lambda: run_speed_benchmark(
+            "sd15-random", device="cuda", learning_steps=20, inversion_steps=50
+        ),
     }
     for name, section in sections.items():
         started = time.perf_counter()

@@ -28,8 +28,9 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from anyword.pipeline import SegmentAnyword
+    from anyword.presets import SHAPES_PRESET
     from anyword.settings import Overrides
-    from anyword.shapes.evaluate import ABLATION, SHAPES_PRESET, evaluate
+    from anyword.shapes.ablation import ABLATION, ablation
 
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"cells": {}}
     data["machine"] = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
@@ -41,9 +42,10 @@ def measure(args: argparse.Namespace) -> None:
                 key = f"{split}/{name}/{steps}/{args.start}+{args.n}"
                 if key in data["cells"]:
                     continue
-                pipeline.settings = pipeline.preset.settings(Overrides(learning_steps=steps))
+                settings = pipeline.preset.settings(Overrides(learning_steps=steps))
                 started = time.perf_counter()
-                result = evaluate(split, args.n, {"full": ABLATION["full"]}, start=args.start, pipeline=pipeline)
+                full = {"full": ABLATION["full"]}
+                result = ablation(pipeline, split, args.n, full, start=args.start, settings=settings)
                 row = result["rows"]["full"]
                 data["cells"][key] = {
                     "split": split,

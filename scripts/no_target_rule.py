@@ -30,9 +30,10 @@ from anyword.evaluation.tasks import NO_TARGET_SIGNALS as SIGNALS  # noqa: E402 
 def records(split: str, start: int, n: int, folder: Path) -> list[dict]:
     from anyword.evaluation import DatasetOptions, make_task, open_dataset, run_evaluation
     from anyword.pipeline import SegmentAnyword
+    from anyword.presets import SHAPES_PRESET
 
     dataset = open_dataset("shapes-referring", DatasetOptions(split=split, count=start + n))
-    pipeline = SegmentAnyword("shapes")
+    pipeline = SegmentAnyword(SHAPES_PRESET)
     task = make_task(dataset, no_target=False)
     run_evaluation(pipeline, pipeline.settings, dataset, task, folder / f"{split}-{start}", start=2 * start, n=2 * n)
     lines = (folder / f"{split}-{start}" / "predictions.jsonl").read_text().splitlines()

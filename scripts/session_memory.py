@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import start_demo  # noqa: E402 (the tests' launcher: same flags, same readiness check)
+from demo.process import start_demo  # noqa: E402 (the tests' launcher: same flags, same readiness check)
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from anyword.diffusion import DiffusionSettings, extract_attention
-from anyword.presets import get_preset
+from anyword.presets import SHAPES_PRESET, get_preset
 from anyword.settings import Overrides
-from anyword.shapes.evaluate import with_control
+from anyword.shapes.localization import with_control
 from anyword.shapes.scenes import make_scene, render
 from anyword.tokens import align_tokens
 from anyword.viz import heatmap_overlay, panels
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--out", default="docs/shapes-maps.png")
     args = parser.parse_args()
-    preset = get_preset("shapes")
+    preset = get_preset(SHAPES_PRESET)
     backbone = preset.load(device="cpu")
     settings = preset.settings(Overrides(learning_steps=0)).diffusion
     rows = [scene_row(backbone, args.split, index, settings) for index in args.scenes]

@@ -9,8 +9,8 @@ Each variant trains in its own process (they share one GPU well: the model is ti
 * ``direct``: the caption's cross-attention on the clean scene noised to t = 100, 200, 300 (one forward pass each),
   per grid (16, 32, both): a quick probe of the model alone;
 * ``attention_shares``: how far the attention is from uniform (see :func:`attention_shares`);
-* ``pipeline_preset`` / ``pipeline_paper``: :func:`anyword.shapes.evaluate.localization`, i.e. DDIM inversion and
-  averaging as ``anyword eval --localization`` does, with the preset's and the paper's settings.
+* ``pipeline_preset`` / ``pipeline_paper``: :func:`anyword.shapes.localization.localization`, i.e. DDIM inversion and
+  averaging as ``anyword shapes localization`` does, with the preset's and the paper's settings.
 
 A variant may change the world's radii or the UNet's heads; those are module settings, so the harness sets them in
 the variant's own process before anything is built (the shipped code never changes them at run time). Writes
@@ -69,12 +69,12 @@ def configure(name: str) -> dict:
 
 def direct_probe(backbone, n: int, shares_n: int = 20) -> tuple[dict, dict]:
     """Noun / colour / control pointing from one forward pass per t in (100, 200, 300) on the noised clean scene,
-    per grid (control appended, as ``anyword eval --localization`` has it) and, on 16+32, with the control first or
+    per grid (control appended, as ``anyword shapes localization`` has it) and, on 16+32, with the control first or
     second (:data:`CONTROL_PLACES`); and :func:`attention_shares` of the 16+32 maps of the first ``shares_n``
     scenes."""
     from anyword.diffusion.attention import AttentionMaps, record_cross_attention
     from anyword.images import ImageFrame
-    from anyword.shapes.evaluate import CONTROL_PLACES, record_pointing, with_control
+    from anyword.shapes.localization import CONTROL_PLACES, record_pointing, with_control
     from anyword.shapes.scenes import make_scene, render
     from anyword.tokens import align_tokens
 
@@ -148,18 +148,20 @@ def attention_shares(rows: list[dict]) -> dict:
 def train_and_score(name: str, folder: Path, args) -> None:
     torch.multiprocessing.set_start_method("fork", force=True)  # data workers inherit the variant's settings
     kwargs = configure(name)
+    from anyword.diffusion import DiffusionSettings, LearningSettings
     from anyword.diffusion.shapes_model import load_shapes_backbone, weights_dir
-    from anyword.shapes.evaluate import localization
-    from anyword.shapes.train import train
+    from anyword.shapes.localization import localization
+    from anyword.shapes.training import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     if name == SHIPPED:
         info = json.loads((weights_dir() / "model.json").read_text())
         backbone = load_shapes_backbone(device=args.device)
     else:
-        info = train(
-            folder, args.steps, device=args.device, workers=args.workers, max_seconds=args.max_seconds, **kwargs
+        config = TrainConfig(
+            steps=args.steps, device=args.device, workers=args.workers, max_seconds=args.max_seconds, **kwargs
         )
+        info = train(folder, config)
         backbone = load_shapes_backbone(device=args.device, folder=folder)
     started = time.perf_counter()
     summary = {
@@ -167,10 +169,13 @@ def train_and_score(name: str, folder: Path, args) -> None:
         "settings": {"radius_scale": VARIANTS[name][0], "heads": VARIANTS[name][1], **kwargs},
     }
     summary["localization"], summary["attention_shares"] = direct_probe(backbone, args.n)
+    # The grids are what the variant probes (not a preset's), so the settings are spelled out here.
+    no_learning = LearningSettings(steps=0)
     for key, resolutions, timesteps in (("pipeline_preset", (16, 32), (0, 400)), ("pipeline_paper", (16,), None)):
-        result = localization(
-            "train", args.pipeline_n, resolutions, timesteps, VALIDATION_START, progress=False, backbone=backbone
+        settings = DiffusionSettings(
+            learning=no_learning, attention_resolutions=resolutions, attention_timesteps=timesteps
         )
+        result = localization(backbone, settings, "train", args.pipeline_n, VALIDATION_START, progress=False)
         summary["localization"][key] = {
             k: round(result[k], 3) for k in ("noun_pointing", "colour_pointing", "control_pointing", "chance")
         }

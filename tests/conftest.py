@@ -1,14 +1,77 @@
-"""Shared fixtures. Everything runs offline: tiny random-weight models, the packaged CLIP tokenizer, local servers."""
+"""Shared fixtures. Everything runs offline: tiny random-weight models, the packaged CLIP tokenizer, local servers.
+
+* ``ASSETS``; ``QUICK`` (quick settings for the tiny model) and ``QUICK_ARGS`` (the same on the command line);
+* ``run_cli(*args)``: the command line in this process (exit status, stdout, stderr): refusals and small runs;
+* ``run_anyword(*args)``: the installed console script in a subprocess, as a user runs it (tests using it are
+  ``slow``);
+* ``tiny_backbone`` (session-wide), ``nlp``, ``spacy_parser``, ``tokenizer``, the fake LLM servers, the demo server.
+
+Lanes: ``pytest -m "not slow"`` (the quick lane) runs what takes at most a few seconds on a 2-core CPU; ``pytest``
+also runs the subprocess, browser and long-run tests.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from anyword.settings import Overrides
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+ANYWORD = str(Path(sys.executable).parent / "anyword")  # the console script the README's install puts here
+QUICK = Overrides(learning_steps=1, inversion_steps=4)  # enough of every stage to test it, on the tiny model
+QUICK_ARGS = ["--preset", "tiny", "--steps", "1", "--inversion-steps", "4", "--quiet"]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "ANYWORD_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """What a command printed and returned (the shape of ``subprocess.CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def run_cli(capsys):
+    """``run_cli(*args)``: ``anyword ARGS`` in this process; argparse's refusals (SystemExit) become exit statuses."""
+    from anyword.cli import main
+
+    def run(*args: str) -> CliRun:
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 2
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err)
+
+    return run
+
+
+def run_anyword(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """The console script in a subprocess, offline, one torch thread per process (``slow`` tests only)."""
+    environment = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [ANYWORD, *(str(arg) for arg in args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from anyword.presets import TEST_PRESET, get_preset
+
+    return get_preset(TEST_PRESET).load(device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -41,49 +104,6 @@ def openai_server():
     server.stop()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_demo(*args: str, env: dict | None = None, timeout_s: float = 180.0):
-    """Run ``python app.py ARGS --port P`` and wait until the page answers; returns (process, url, seconds)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
-    port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    log_dir = root / ".pytest_cache"
-    log_dir.mkdir(exist_ok=True)
-    log = open(log_dir / f"demo-{port}.log", "w")  # noqa: SIM115 (the server outlives this function)
-    process = subprocess.Popen(
-        [sys.executable, str(root / "app.py"), *args, "--port", str(port)],
-        cwd=root,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"the demo exited with status {process.returncode} (see {log.name})")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return process, url, time.monotonic() - started
-        except OSError:
-            time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"the demo did not answer on {url} within {timeout_s:.0f} s")
-
-
 OPERATOR_KEY = "sk-operator-SECRET-demo"
 
 
@@ -100,6 +120,8 @@ def operator_llm():
 @pytest.fixture(scope="session")
 def demo_server(operator_llm):
     """The demo on the tiny preset, shared by the API and browser tests; its operator has an LLM key and endpoint."""
+    from demo.process import start_demo
+
     env = {"OPENAI_API_KEY": OPERATOR_KEY, "ANYWORD_LLM_BASE_URL": operator_llm.base_url}
     process, url, seconds = start_demo("--preset", "tiny", env=env)
     print(f"\ndemo served {url} {seconds:.1f} s after launch")

@@ -4,10 +4,6 @@ merging at load, refusal on another base model, and the command line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +14,14 @@ from anyword.diffusion import adaptation
 from anyword.diffusion.adaptation import AdapterError, AdaptSettings, TrainingPair, train_adapter
 from anyword.errors import AnywordError
 from anyword.presets import get_preset
+from tests.conftest import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-ANYWORD = str(Path(sys.executable).parent / "anyword")
 QUICK = AdaptSettings(steps=4, rank=4, alpha=4, learning_rate=1e-2, batch_size=2, checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return get_preset("tiny").load(device="cpu")
+def tiny(tiny_backbone):
+    return tiny_backbone
 
 
 def pairs(count: int = 3) -> list[TrainingPair]:
@@ -161,13 +156,7 @@ def test_the_pipeline_merges_the_adapter_and_keys_its_caches_by_it(trained, nlp)
         SegmentAnyword("tiny", adapter="shipped")
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ANYWORD, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
-
-
-def test_adapt_from_a_pairs_file_skips_bad_lines_and_pairs(tmp_path):
+def test_adapt_from_a_pairs_file_skips_bad_lines_and_pairs(run_cli, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "cup.png").write_bytes((ASSETS / "coffee.png").read_bytes())
     lines = [
@@ -180,7 +169,7 @@ def test_adapt_from_a_pairs_file_skips_bad_lines_and_pairs(tmp_path):
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines))
     out = tmp_path / "adapter"
     done = run_cli(
-        "adapt", "--preset", "tiny", "--pairs", str(tmp_path / "pairs.jsonl"), "--steps", "2", "--rank", "2",
+        "adapt", "--preset", "tiny", "--pairs", str(tmp_path / "pairs.jsonl"), "--adapt-steps", "2", "--rank", "2",
         "--out", str(out), "--json", "--quiet",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -191,17 +180,24 @@ def test_adapt_from_a_pairs_file_skips_bad_lines_and_pairs(tmp_path):
     assert done.returncode == 2 and "error: " in done.stderr and "no usable image-caption pair" in done.stderr
 
 
-def test_fast_without_an_adapter_says_so_plainly(tmp_path):
+def test_fast_without_an_adapter_says_so_plainly(run_cli, tmp_path):
     image = str(ASSETS / "coffee.png")
     done = run_cli("segment", image, "a red cup", "--preset", "tiny", "--fast", "--out", str(tmp_path / "o"))
-    assert done.returncode == 2 and done.stderr.startswith("error: --fast is Segment Anyword_f")
-    assert "no adapter for tiny" in done.stderr and "--steps 50" in done.stderr
+    assert done.returncode == 2 and done.stderr.startswith("error: Fast mode (Segment Anyword_f) needs")
+    assert "none for tiny" in done.stderr and "the same 50 prompt-learning steps without one" in done.stderr
 
 
-def test_eval_runs_with_the_shipped_shapes_adapter_and_records_it():
+def test_adapt_keeps_steps_for_prompt_learning(run_cli, tmp_path):
+    """On adapt, --steps (prompt learning's word) is refused with the option it means, before any work."""
+    done = run_cli("adapt", "--dataset", "shapes", "--steps", "5", "--out", tmp_path / "a")
+    assert done.returncode == 2 and "--steps is --adapt-steps here" in done.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_shapes_ablation_runs_with_the_shipped_adapter_and_records_it(run_cli):
     done = run_cli(
-        "eval", "--dataset", "shapes", "--split", "novel", "--n", "1", "--steps", "1", "--adapter", "shipped",
-        "--json", "--quiet",
+        "shapes", "ablation", "--split", "novel", "--n", "1", "--steps", "1", "--adapter", "shipped",
+        "--rows", "full", "--json", "--quiet",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

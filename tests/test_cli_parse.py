@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from anyword.cli import main
+from tests.conftest import ANYWORD, run_anyword
 from tests.fake_openai import Reply, concepts_json
 
-ANYWORD = str(Path(sys.executable).parent / "anyword")
 
-
-def run_cli(*args: str | bytes, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([ANYWORD, *args], capture_output=True, env={**os.environ, **(env or {})}, timeout=120)
-
-
+@pytest.mark.slow
 def test_console_script_prints_exactly_one_json_object():
     caption = "A brown tabby kitten sits on a red and blue bus. Later the kitten sleeps on a rug."
-    done = run_cli("parse", caption, "--json")
+    done = run_anyword("parse", caption, "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)  # the whole of stdout is one JSON document
     assert data["caption"] == caption and data["parser"] == "spacy"
@@ -67,23 +61,26 @@ def test_bad_input_exits_2_with_one_clear_line(capsys, caption, message):
     assert "Traceback" not in captured.err and captured.err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_binary_garbage_from_the_shell():
-    done = run_cli("parse", b"\xff\xfe\x80\x81garbage\xc3", "--json")
+    command = [ANYWORD, "parse", b"\xff\xfe\x80\x81garbage\xc3", "--json"]
+    done = subprocess.run(command, capture_output=True, env=os.environ, timeout=120)
     assert done.returncode == 2
     assert b"binary" in done.stderr and b"Traceback" not in done.stderr and done.stdout == b""
 
 
-def test_openai_parser_from_the_cli(openai_server):
+def test_openai_parser_from_the_cli(run_cli, openai_server, monkeypatch):
     openai_server.reply = lambda body, headers: Reply(content=concepts_json(("dog", ["brown"], "brown dog")))
-    env = {"OPENAI_API_KEY": "sk-test-cli", "OPENAI_BASE_URL": openai_server.base_url}
-    done = run_cli("parse", "a brown dog", "--parser", "openai", "--json", env=env)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cli")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    done = run_cli("parse", "a brown dog", "--parser", "openai", "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["parser"] == "openai" and data["concepts"][0]["adjectives"] == ["brown"]
 
     openai_server.reply = lambda body, headers: Reply(status=401)
-    done = run_cli("parse", "a brown dog", "--parser", "openai", "--json", env=env)
+    done = run_cli("parse", "a brown dog", "--parser", "openai", "--json")
     data = json.loads(done.stdout)
     assert done.returncode == 0
     assert data["parser"] == "spacy" and data["requested_parser"] == "openai"
-    assert "401" in data["fallback_reason"] and b"sk-test-cli" not in done.stdout + done.stderr
+    assert "401" in data["fallback_reason"] and "sk-test-cli" not in done.stdout + done.stderr

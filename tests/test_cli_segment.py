@@ -1,11 +1,10 @@
-"""`anyword segment` on the tiny preset with real photos: output files, batch mode, and bad input."""
+"""`anyword segment` on the tiny preset with real photos: output files, batch mode, and bad input (the command
+runs in this process; one run goes through the installed console script)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +12,26 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from anyword.segment import SEGMENTERS, TINY
+from tests.conftest import ASSETS, QUICK_ARGS, run_anyword
 from tests.test_images import huge_png_header
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-ANYWORD = str(Path(sys.executable).parent / "anyword")
-QUICK = ["--preset", "tiny", "--steps", "1", "--inversion-steps", "4", "--quiet"]
-
-
-def segment(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ANYWORD, "segment", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        cwd=cwd,
-    )
-
-
-MODEL_NAMES = {"sam": "sam-tiny", "sam2": "sam2-tiny-random", "sam-hq": "sam-hq-tiny-random", "plain": "plain"}
+PROMPTABLE = [key for key, spec in SEGMENTERS.items() if spec.promptable]
 
 
 @pytest.mark.parametrize("segmenter", ["sam", "plain"])
-def test_segment_writes_consistent_outputs(tmp_path, segmenter):
+def test_segment_writes_consistent_outputs(run_cli, tmp_path, segmenter):
     out = tmp_path / "out"
     caption = "A tabby cat with big green eyes and a pink nose."
-    done = segment(str(ASSETS / "chelsea.png"), caption, "--out", str(out), "--segmenter", segmenter, *QUICK)
+    done = run_cli("segment", ASSETS / "chelsea.png", caption, "--out", out, "--segmenter", segmenter, *QUICK_ARGS)
     assert done.returncode == 0, done.stderr
     assert "random weights" in done.stderr  # every output of the tiny preset says so
     assert {p.name for p in out.iterdir()} == {"result.json", "masks", "overlay.png", "heatmaps.png", "masks_coco.json"}
     result = json.loads((out / "result.json").read_text())
     coco = json.loads((out / "masks_coco.json").read_text())
     assert result["image"] == {"width": 451, "height": 300} and result["random_weights"] is True
-    assert result["models"]["segmenter"] == MODEL_NAMES[segmenter]
+    model = SEGMENTERS[segmenter].load(weights=TINY, device="cpu").label
+    assert (result["models"]["segmenter"], result["models"]["segmenter_model"]) == (segmenter, model)
     assert result["settings"]["diffusion"]["learning"]["steps"] == 1
     assert [c["noun"] for c in result["concepts"]] == ["cat", "eyes", "nose"]
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["0_cat.png", "1_eyes.png", "2_nose.png"]
@@ -63,41 +49,34 @@ def test_segment_writes_consistent_outputs(tmp_path, segmenter):
     assert Image.open(out / "heatmaps.png").mode == "RGB"
 
 
-@pytest.mark.parametrize("segmenter", ["sam2", "sam-hq"])
-def test_transformers_segmenters_write_masks_of_the_input_size(tmp_path, segmenter):
+@pytest.mark.parametrize("segmenter", PROMPTABLE)
+def test_every_promptable_segmenter_writes_masks_of_the_input_size(run_cli, tmp_path, segmenter):
     out = tmp_path / "out"
     image = tmp_path / "wide.png"
     Image.open(ASSETS / "coffee.png").crop((0, 0, 517, 283)).save(image)  # non-square, odd sizes
-    done = segment(str(image), "a red ball next to a blue box", "--out", str(out), "--segmenter", segmenter, *QUICK)
+    done = run_cli(
+        "segment", image, "a red ball next to a blue box", "--out", out, "--segmenter", segmenter, *QUICK_ARGS
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
-    assert result["models"]["segmenter"] == MODEL_NAMES[segmenter] and result["image"] == {"width": 517, "height": 283}
+    assert result["models"]["segmenter"] == segmenter and result["image"] == {"width": 517, "height": 283}
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["0_ball.png", "1_box.png"]
     for png in (out / "masks").iterdir():
         assert Image.open(png).size == (517, 283)
 
 
-def test_r1_r2_switches_and_seed(tmp_path):
+@pytest.mark.slow
+def test_r1_r2_switches_and_seed_through_the_console_script(tmp_path):
     out = tmp_path / "out"
-    done = segment(
-        str(ASSETS / "coffee.png"),
-        "a red cup on a saucer",
-        "--out",
-        str(out),
-        "--no-r1",
-        "--no-r2",
-        "--seed",
-        "3",
-        "--json",
-        *QUICK,
-    )
+    args = ["--no-r1", "--no-r2", "--seed", "3", "--json", *QUICK_ARGS]
+    done = run_anyword("segment", ASSETS / "coffee.png", "a red cup on a saucer", "--out", out, *args)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert all([p["source"] for p in c["points"]] == ["noun"] for c in result["concepts"])
     assert result["settings"]["prompts"]["seed"] == 3 and result["settings"]["diffusion"]["seed"] == 3
 
 
-def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
+def test_batch_runs_good_lines_and_reports_bad_ones(run_cli, tmp_path):
     folder = tmp_path / "inputs"
     folder.mkdir()
     for name, image in {
@@ -132,7 +111,7 @@ def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
     text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
     batch.write_text("\ufeff" + text, encoding="utf-8")  # a byte-order mark, as some Windows editors write
     out = tmp_path / "out"
-    done = segment("--batch", str(batch), "--out", str(out), *QUICK)
+    done = run_cli("segment", "--batch", batch, "--out", out, *QUICK_ARGS)
     assert done.returncode == 2, done.stderr  # some lines failed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lines"] == 12 and summary["done"] == 4 and summary["failed"] == 8
@@ -169,16 +148,16 @@ def test_batch_runs_good_lines_and_reports_bad_ones(tmp_path):
         (lambda p: Image.new("RGB", (40, 30)).save(p, format="PNG"), "", "empty"),
     ],
 )
-def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, make, caption, message):
+def test_bad_input_is_one_clear_line_and_exit_2(run_cli, tmp_path, make, caption, message):
     path = tmp_path / "input.png"
     make(path)
-    done = segment(str(path), caption, "--out", str(tmp_path / "out"), *QUICK)
+    done = run_cli("segment", path, caption, "--out", tmp_path / "out", *QUICK_ARGS)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_missing_arguments(tmp_path):
-    done = segment(str(ASSETS / "coffee.png"), "--out", str(tmp_path), *QUICK)
+def test_missing_arguments(run_cli, tmp_path):
+    done = run_cli("segment", ASSETS / "coffee.png", "--out", tmp_path, *QUICK_ARGS)
     assert done.returncode == 2 and "give an IMAGE and a CAPTION" in done.stderr
-    done = segment(str(tmp_path / "nope.png"), "a dog", "--out", str(tmp_path), *QUICK)
+    done = run_cli("segment", tmp_path / "nope.png", "a dog", "--out", tmp_path, *QUICK_ARGS)
     assert done.returncode == 2 and "not found" in done.stderr

@@ -1,4 +1,5 @@
-"""The demo as a server, driven through its API with gradio_client (tiny preset)."""
+"""The demo as a server, driven through its API with gradio_client (tiny preset). API callers send the library's
+names ("spacy", "custom"), never the page's words."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from gradio_client import Client, handle_file
 
-from tests.conftest import OPERATOR_KEY
+from tests.conftest import ASSETS, OPERATOR_KEY
 from tests.fake_openai import Reply, concepts_json
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+pytestmark = pytest.mark.slow  # a demo server in its own process
 CAPTION = "a red espresso cup on a red saucer with a silver spoon"
 # Each event returns the notice line, then the page parts it owns (see demo/ui.py): parse -> highlight, concepts,
 # ...; compute -> gallery, editor, ...; segment -> annotated masks; export -> download, result JSON.
@@ -21,11 +23,11 @@ NOTICE, CONCEPTS, GALLERY, ANNOTATED, DOWNLOAD, RESULT = 0, 2, 1, 1, 1, 2
 def test_parse_compute_segment_through_the_api(demo_server, tmp_path):
     client = Client(demo_server, verbose=False, download_files=str(tmp_path))
     client.predict(handle_file(str(ASSETS / "coffee.png")), api_name="/set_image")
-    parsed = client.predict(CAPTION, "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    parsed = client.predict(CAPTION, "spacy", "", "gpt-4o", "", api_name="/parse")
     assert "3 concepts found by spacy" in parsed[NOTICE]
     assert [row[1] for row in parsed[CONCEPTS]["data"]] == ["red espresso cup", "red saucer", "silver spoon"]
 
-    computed = client.predict("tiny", "preset default", "", "custom", 2, 7, 0.7, True, True, api_name="/compute")
+    computed = client.predict("tiny", "preset", "", "custom", 2, 7, 0.7, True, True, api_name="/compute")
     assert "RANDOM WEIGHTS" in computed[NOTICE] and "2 prompt-learning steps, seed 7" in computed[NOTICE]
     assert len(computed[GALLERY]) == 6  # 3 concepts + 3 bound adjectives
 
@@ -46,9 +48,9 @@ def test_errors_come_back_as_messages_and_the_server_keeps_serving(demo_server):
     unchanged = client.predict(api_name="/segment")
     assert "Compute attention first" in unchanged[NOTICE]
     assert unchanged[ANNOTATED] == {"__type__": "update"}  # left as it was
-    refused = client.predict("hello!!", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    refused = client.predict("hello!!", "spacy", "", "gpt-4o", "", api_name="/parse")
     assert "no nouns found" in refused[NOTICE] and refused[CONCEPTS] == {"__type__": "update"}
-    parsed = client.predict("a dog on a sofa", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse")
+    parsed = client.predict("a dog on a sofa", "spacy", "", "gpt-4o", "", api_name="/parse")
     assert "2 concepts found" in parsed[NOTICE]
 
 
@@ -57,7 +59,7 @@ def test_the_operators_key_never_goes_to_a_visitors_server(demo_server, operator
     operator_llm.reply = openai_server.reply = lambda body, headers: Reply(content=answer)
     operator_llm.requests.clear()
     client = Client(demo_server, verbose=False)
-    llm = "GPT-4o / OpenAI-compatible LLM"
+    llm = "openai"
     refused = client.predict("a dog on a sofa", llm, "", "gpt-4o", openai_server.base_url, api_name="/parse")
     assert "needs your own API key" in refused[NOTICE] and openai_server.requests == []
     own = client.predict("a dog on a sofa", llm, "sk-visitor-1", "gpt-4o", openai_server.base_url, api_name="/parse")
@@ -77,7 +79,7 @@ def test_silent_llm_servers_never_hold_up_spacy_parses(demo_server, operator_llm
 
     operator_llm.reply = silent
     operator_llm.requests.clear()
-    llm = "GPT-4o / OpenAI-compatible LLM"
+    llm = "openai"
     try:
         stuck = [
             Client(demo_server, verbose=False).submit("a dog on a sofa", llm, "", "gpt-4o", "", api_name="/parse")
@@ -86,7 +88,7 @@ def test_silent_llm_servers_never_hold_up_spacy_parses(demo_server, operator_llm
         while len(operator_llm.requests) < 2:  # both LLM slots taken by the silent server
             time.sleep(0.05)
         parsed = Client(demo_server, verbose=False).predict(
-            "a cat on a mat", "spaCy (offline)", "", "gpt-4o", "", api_name="/parse"
+            "a cat on a mat", "spacy", "", "gpt-4o", "", api_name="/parse"
         )
         assert "2 concepts found by spacy" in parsed[NOTICE]
         assert sum(not job.done() for job in stuck) >= 2  # the LLM parses are still waiting

@@ -27,7 +27,7 @@ COFFEE = "a red espresso cup on a red saucer with a silver spoon on a wooden tab
 CAT = "A tabby cat with big green eyes and a pink nose. Its long white whiskers spread across its face."
 SLOW = 180_000  # ms: computing attention on a busy 2-core CPU
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -14,14 +13,16 @@ from PIL import Image
 
 from anyword.errors import AnywordError
 from anyword.parsing.llm_access import LLMAccess
+from demo import choices
 from demo import handlers as h
 from demo.exports import ExportStore
 from demo.models import ModelHub
+from demo.requests import ComputeRequest, EditRequest, ParseRequest, PointSettings
 from demo.state import DISPLAY_MAX_SIDE, Session
+from tests.conftest import ASSETS
 from tests.fake_openai import Reply
 from tests.test_images import huge_png_header
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CAPTION = "a red espresso cup on a red saucer with a silver spoon"
 
 
@@ -31,19 +32,19 @@ def hub(nlp):
 
 
 def compute_quick(hub, session, seed=0):
-    return h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 1, seed, 0.7, True, True)
+    return h.compute(hub, session, ComputeRequest("tiny", quality=choices.CUSTOM, steps=1, seed=seed))
 
 
 @pytest.fixture(scope="module")
 def computed(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
-    session, _ = h.parse_caption(session, CAPTION, h.PARSER_SPACY, nlp=nlp)
+    session, _ = h.parse_caption(session, ParseRequest(CAPTION), nlp=nlp)
     session, view = compute_quick(hub, session)
     return session, view
 
 
-def compute_preset(hub, session, quality=h.QUALITY_PRESET, steps=0):
-    return h.compute(hub, session, "tiny", None, None, quality, steps, 0, 0.7, True, True)
+def compute_preset(hub, session, quality=choices.PRESET_DEFAULT, steps=0):
+    return h.compute(hub, session, ComputeRequest("tiny", quality=quality, steps=steps))
 
 
 def select(x, y):
@@ -51,11 +52,11 @@ def select(x, y):
 
 
 def test_parse_view_highlights_nouns_and_adjectives(nlp):
-    _, view = h.parse_caption(Session(), "a red cup and a big silver spoon", h.PARSER_SPACY, nlp=nlp)
+    _, view = h.parse_caption(Session(), ParseRequest("a red cup and a big silver spoon"), nlp=nlp)
     assert ("cup", "noun") in view["highlight"] and ("spoon", "noun") in view["highlight"]
     assert ("red", "adjective") in view["highlight"] and ("silver", "adjective") in view["highlight"]
     assert "".join(text for text, _ in view["highlight"]) == "a red cup and a big silver spoon"
-    assert view["concept_choices"] == ["0: red cup", "1: big silver spoon"]
+    assert view["concept_choices"] == [("0: red cup", 0), ("1: big silver spoon", 1)]  # the page's words, the id
     assert view["concepts"][1][:4] == [1, "big silver spoon", "spoon", "big, silver"]
 
 
@@ -73,13 +74,13 @@ def test_compute_shows_maps_and_points(computed):
     ]
     assert view["editor"].shape == (400, 600, 3)  # the editor shows the original 600x400 photo
     assert "RANDOM WEIGHTS" in view["notice"]
-    assert view["concept_choice"] == "0: red espresso cup"
+    assert view["concept_choice"] == 0
 
 
 def test_click_adds_a_point_in_image_pixels(computed):
     session, _ = computed
     before = len(session.prompts.for_concept(0))
-    session, view = h.select_point(session, h.MODE_NEGATIVE, select(590, 10))
+    session, view = h.select_point(session, choices.NEGATIVE, select(590, 10))
     points = session.prompts.for_concept(0)
     assert len(points) == before + 1
     assert (points[-1].x, points[-1].y, points[-1].label, points[-1].source) == (590.0, 10.0, 0, "user")
@@ -96,11 +97,11 @@ def test_clicks_on_a_downscaled_editor_map_back_exactly(hub, nlp, tmp_path):
     wide = tmp_path / "wide.png"
     Image.fromarray(np.full((700, 2400, 3), 90, dtype=np.uint8)).save(wide)  # shown at 1024 x 299
     session, _ = h.set_image(Session(), str(wide))
-    session, _ = h.parse_caption(session, "a grey wall", h.PARSER_SPACY, nlp=nlp)
+    session, _ = h.parse_caption(session, ParseRequest("a grey wall"), nlp=nlp)
     session, view = compute_quick(hub, session)
     scale = DISPLAY_MAX_SIDE / 2400
     assert view["editor"].shape == (round(700 * scale), DISPLAY_MAX_SIDE, 3)
-    session, _ = h.select_point(session, h.MODE_POSITIVE, select(1000, 100))
+    session, _ = h.select_point(session, choices.POSITIVE, select(1000, 100))
     point = session.prompts.for_concept(0)[-1]
     assert (point.x, point.y) == (round(1000 / scale), round(100 / scale))  # (2344, 342) in the original
 
@@ -112,7 +113,7 @@ def store(tmp_path):
 
 def test_segment_returns_masks_and_a_download(hub, computed, store):
     session, _ = computed
-    session, _ = h.select_point(session, h.MODE_POSITIVE, select(300, 200))
+    session, _ = h.select_point(session, choices.POSITIVE, select(300, 200))
     session, view = h.segment(hub, session)
     base, annotations = view["annotated"]
     assert base.shape == (400, 600, 3)
@@ -132,8 +133,10 @@ def test_segment_returns_masks_and_a_download(hub, computed, store):
 def test_exported_settings_are_the_ones_the_attention_was_computed_with(hub, nlp, store):
     """Custom steps and seed on the page: result.json reports them (not the preset's 10 steps and seed 0)."""
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
-    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-    session, view = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 2, 7, 0.6, True, False)
+    session, _ = h.parse_caption(session, ParseRequest("a red cup"), nlp=nlp)
+    session, view = h.compute(
+        hub, session, ComputeRequest("tiny", quality=choices.CUSTOM, steps=2, seed=7, threshold=0.6, r2=False)
+    )
     assert "2 prompt-learning steps, seed 7" in view["notice"]
     session, _ = h.segment(hub, session)
     session, view = h.export(session, store)
@@ -156,11 +159,11 @@ def test_a_point_edit_never_reruns_the_image_encoder_whatever_other_sessions_do(
         session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
         session.image = np.ascontiguousarray(np.roll(session.image, 37 * index, axis=1))  # six different images
         session.digest = f"image-{index}"
-        session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-        session, _ = h.compute(hub, session, "tiny", h.SEGMENTER_PRESET, None, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+        session, _ = h.parse_caption(session, ParseRequest("a red cup"), nlp=nlp)
+        session, _ = h.compute(hub, session, ComputeRequest("tiny", quality=choices.CUSTOM, steps=0))
         sessions.append(session)
     before = dict(pipeline.counters)
-    first, _ = h.select_point(sessions[0], h.MODE_POSITIVE, select(100, 100))
+    first, _ = h.select_point(sessions[0], choices.POSITIVE, select(100, 100))
     first, view = h.segment(hub, first)
     assert pipeline.counters["embed"] == before["embed"]
     assert pipeline.counters["attention"] == before["attention"]
@@ -171,23 +174,25 @@ def test_a_point_edit_never_reruns_the_image_encoder_whatever_other_sessions_do(
 
 def test_the_segmenter_is_chosen_on_the_page(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
-    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
-    session, _ = h.compute(hub, session, "tiny", "sam2", None, h.QUALITY_CUSTOM, 0, 0, 0.7, True, True)
+    session, _ = h.parse_caption(session, ParseRequest("a red cup"), nlp=nlp)
+    session, _ = h.compute(hub, session, ComputeRequest("tiny", "sam2", quality=choices.CUSTOM, steps=0))
     session, view = h.segment(hub, session)
     assert "sam2-tiny-random" in view["notice"] and session.result.masks[0].shape == (400, 600)
-    assert session.result.models["segmenter"] == "sam2-tiny-random"
+    assert (
+        session.result.models["segmenter"] == "sam2" and session.result.models["segmenter_model"] == "sam2-tiny-random"
+    )
 
 
 def test_custom_steps_out_of_range_are_refused_by_name(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "coffee.png"))
-    session, _ = h.parse_caption(session, "a red cup", h.PARSER_SPACY, nlp=nlp)
+    session, _ = h.parse_caption(session, ParseRequest("a red cup"), nlp=nlp)
     with pytest.raises(AnywordError, match="from 0 to 5000"):
-        h.compute(hub, session, "tiny", None, None, h.QUALITY_CUSTOM, 9999, 0, 0.7, True, True)
+        h.compute(hub, session, ComputeRequest("tiny", quality=choices.CUSTOM, steps=9999))
 
 
 def test_a_pretrained_preset_on_a_cpu_says_what_it_costs_before_it_starts():
     notice = h.preset_notice("sd15", device="cpu")
-    assert "175 s" in notice and "days" in notice and h.QUALITY_SHORT in notice
+    assert "175 s" in notice and "days" in notice and "**50 steps, no adapter**" in notice
     assert "cost" not in h.preset_notice("shapes", device="cpu") and "Note" not in h.preset_notice("tiny", "cpu")
 
 
@@ -207,26 +212,26 @@ def test_threshold_and_regularisation_changes_resample_without_diffusion(hub, co
     session, _ = computed
     pipeline = hub.pipeline("tiny")
     unet_calls = pipeline.counters["unet_calls"]
-    session, view = h.resample(hub, session, 0.5, False, False, 0)
+    session, view = h.resample(hub, session, PointSettings(0.5, False, False, 0))
     assert pipeline.counters["unet_calls"] == unet_calls
     assert all(p.source == "noun" for p in session.prompts.for_concept(0))  # no R1 adjective, no R2 negatives
     assert "threshold 0.50" in view["notice"] and len(view["gallery"]) >= 3
 
 
 def test_concept_edits(nlp):
-    session, _ = h.parse_caption(Session(), "a red cup next to a spoon", h.PARSER_SPACY, nlp=nlp)
-    session, view = h.edit_concepts(session, h.ACTION_DROP, "1: spoon", "")
-    assert view["concept_choices"] == ["0: red cup"]
-    session, view = h.edit_concepts(session, h.ACTION_ADD, None, "spoon")
-    assert view["concept_choices"] == ["0: red cup", "1: spoon"]
-    session, view = h.edit_concepts(session, h.ACTION_UNBIND, "0: red cup", "red")
+    session, _ = h.parse_caption(Session(), ParseRequest("a red cup next to a spoon"), nlp=nlp)
+    session, view = h.edit_concepts(session, EditRequest(choices.DROP, 1))
+    assert view["concept_choices"] == [("0: red cup", 0)]
+    session, view = h.edit_concepts(session, EditRequest(choices.ADD, None, "spoon"))
+    assert view["concept_choices"] == [("0: red cup", 0), ("1: spoon", 1)]
+    session, view = h.edit_concepts(session, EditRequest(choices.UNBIND, 0, "red"))
     assert session.parse.concept(0).adjectives == ()
-    session, view = h.edit_concepts(session, h.ACTION_BIND, "1: spoon", "red")
+    session, view = h.edit_concepts(session, EditRequest(choices.BIND, 1, "red"))
     assert session.parse.concept(1).adjectives == ("red",)
     with pytest.raises(AnywordError, match="not a word of the caption"):
-        h.edit_concepts(session, h.ACTION_ADD, None, "fork")
+        h.edit_concepts(session, EditRequest(choices.ADD, None, "fork"))
     with pytest.raises(AnywordError, match="Pick a concept"):
-        h.edit_concepts(session, h.ACTION_DROP, None, "")
+        h.edit_concepts(session, EditRequest(choices.DROP))
 
 
 @pytest.mark.parametrize(
@@ -237,14 +242,14 @@ def test_concept_edits(nlp):
             "Upload an image",
         ),
         (lambda hub, s: compute_preset(hub, s), "Parse the caption"),
-        (lambda hub, s: h.click(s, 10, 10, h.MODE_POSITIVE), "Compute attention first"),
+        (lambda hub, s: h.click(s, 10, 10, choices.POSITIVE), "Compute attention first"),
         (lambda hub, s: h.segment(hub, s), "Compute attention first"),
         (lambda hub, s: h.export(s, None), "Segment first"),
         (lambda hub, s: h.undo(s), "Nothing to undo"),
-        (lambda hub, s: h.parse_caption(s, "  ", h.PARSER_SPACY), "Type a caption"),
-        (lambda hub, s: h.parse_caption(s, "hello!!", h.PARSER_SPACY), "no nouns"),
+        (lambda hub, s: h.parse_caption(s, ParseRequest("  ")), "Type a caption"),
+        (lambda hub, s: h.parse_caption(s, ParseRequest("hello!!")), "no nouns"),
         (
-            lambda hub, s: compute_preset(hub, s, h.QUALITY_CUSTOM, 9999),
+            lambda hub, s: compute_preset(hub, s, choices.CUSTOM, 9999),
             "Parse the caption",
         ),
     ],
@@ -272,9 +277,8 @@ def test_llm_failure_falls_back_visibly_and_never_shows_the_key(openai_server, n
     openai_server.reply = lambda body, headers: Reply(status=401)
     key = "sk-demo-SECRET-123456"
     local = LLMAccess(visitor_urls=True, refuse_private=False)  # a local server: the visitor is the operator
-    session, view = h.parse_caption(
-        Session(), "a dog on a sofa", h.PARSER_LLM, key, "gpt-4o", openai_server.base_url, nlp=nlp, llm=local
-    )
+    request = ParseRequest("a dog on a sofa", choices.LLM, key, "gpt-4o", openai_server.base_url)
+    session, view = h.parse_caption(Session(), request, nlp=nlp, llm=local)
     # one generic sentence: the visitor learns nothing about the endpoint's answer
     assert view["warning"] and "could not be used" in view["notice"] and "spaCy parsed" in view["notice"]
     assert "401" not in view["notice"]
@@ -285,16 +289,16 @@ def test_llm_failure_falls_back_visibly_and_never_shows_the_key(openai_server, n
 
 def test_fast_mode_uses_an_adapter_or_says_plainly_there_is_none(hub, nlp):
     session, _ = h.set_image(Session(), str(ASSETS / "shapes" / "novel_1007.png"))
-    session, _ = h.parse_caption(session, "a red ball", h.PARSER_SPACY, nlp=nlp)
+    session, _ = h.parse_caption(session, ParseRequest("a red ball"), nlp=nlp)
     with pytest.raises(AnywordError, match=r"Fast mode .* needs a text-encoder adapter.*none for tiny"):
-        h.compute(hub, session, "tiny", None, None, h.QUALITY_FAST, None, 0, 0.7, True, True)
-    session, view = h.compute(hub, session, "shapes", None, None, h.QUALITY_FAST, None, 0, 0.7, True, True)
+        h.compute(hub, session, ComputeRequest("tiny", quality="fast"))
+    session, view = h.compute(hub, session, ComputeRequest("shapes", quality="fast"))
     assert "3 prompt-learning steps" in view["notice"] and "adapter adapter@" in view["notice"]
     session, _ = h.segment(hub, session)
     assert session.result.models["adapter"].startswith("adapter@")
     assert session.result.settings.diffusion.learning.steps == 3
     with pytest.raises(AnywordError, match="Pick an adapter from the list"):
-        h.compute(hub, session, "shapes", None, "/etc", h.QUALITY_FAST, None, 0, 0.7, True, True)
+        h.compute(hub, session, ComputeRequest("shapes", adapter="/etc", quality="fast"))
 
 
 def test_warm_up_runs_the_pipeline_once_and_the_flags_reach_the_config(nlp):
@@ -305,7 +309,19 @@ def test_warm_up_runs_the_pipeline_once_and_the_flags_reach_the_config(nlp):
     seconds = warm.warm_up("tiny")
     pipeline = warm.pipeline("tiny")
     assert seconds > 0 and pipeline.counters["unet_calls"] > 0 and pipeline.speed.name == "eager"
-    args = parse_args(["--fast-path", "--warm-up"])
-    assert args.fast_path and args.warm_up
-    fast = ModelHub(device="cpu", nlp=nlp, speed="fast")
-    assert fast.pipeline("tiny").backbone.speed.compile  # compiled on first learning step, not here
+    args = parse_args(["--compile", "--warm-up"])
+    assert args.compile and args.warm_up
+    assert parse_args(["--fast-path"]).compile  # the old name, kept for one release
+    compiled = ModelHub(device="cpu", nlp=nlp, speed="compiled")
+    assert compiled.pipeline("tiny").backbone.speed.compile  # compiled on first learning step, not here
+
+
+def test_the_page_starts_with_the_presets_own_point_settings_and_quality_labels():
+    """Threshold, R1, R2 and the step counts in the labels come from the preset, never from the page's literals."""
+    shapes, tiny = h.preset_view("shapes"), h.preset_view("tiny")
+    assert dict((v, k) for k, v in shapes["quality_choices"])["paper"] == "paper (30 steps)"
+    assert dict((v, k) for k, v in shapes["quality_choices"])["fast"].endswith("adapter + 3 steps)")
+    assert dict((v, k) for k, v in tiny["quality_choices"])["paper"] == "paper (1100 steps)"
+    assert shapes["steps"] == 30 and tiny["steps"] == 10
+    _, view = h.choose_preset(Session(), "shapes")
+    assert {key: view[key] for key in ("threshold", "r1", "r2")} == {"threshold": 0.7, "r1": True, "r2": True}

@@ -4,10 +4,6 @@ attention recording, geometry on non-square images, loading errors."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +24,9 @@ from anyword.diffusion import (
 )
 from anyword.diffusion.attention import CrossAttentionRecorder, RecordingCrossAttnProcessor, cross_attention_layers
 from anyword.diffusion.loading import build_tiny, load_pretrained
-from anyword.errors import ModelUnavailableError
+from anyword.errors import ModelUnavailableError, SettingsError
 from anyword.tokens import align_tokens
+from tests.conftest import run_anyword
 
 CAPTION = "a brown dog chases a red ball"
 FAST = DiffusionSettings(inversion_steps=8, learning=LearningSettings(steps=2, batch_size=2))
@@ -270,7 +267,12 @@ def test_timestep_range_and_multiple_resolutions(tiny, alignment, image):
     assert result.unet_calls == 2 + 8 + 4
     assert result.reconstruction_mse < 1e-12
     assert any(".attentions." in layer and layer.startswith("down_blocks.0") for layer in result.recorded_layers)
-    with pytest.raises(RuntimeError, match="no cross-attention recorded"):
+    assert result.settings.attention_resolutions == (16, 32)
+    # No grid set: the model's grid nearest a quarter of its latent side (32 / 4 = 8 -> 16 here), recorded.
+    default = extract_attention(tiny, image, alignment, dataclasses.replace(FAST, attention_resolutions=None))
+    assert tiny.attention_grids == (32, 16) and default.settings.attention_resolutions == (16,)
+    assert default.maps.token_grids.shape == (77, 16, 16)
+    with pytest.raises(SettingsError, match="no cross-attention on a 8 grid at 64 px; its grids are 32, 16"):
         extract_attention(tiny, image, alignment, dataclasses.replace(FAST, attention_resolutions=(8,)))
 
 
@@ -300,12 +302,9 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
         load_pretrained(str(tmp_path / "empty"), device="cpu")
 
 
+@pytest.mark.slow
 def test_default_preset_offline_exits_2_without_traceback(tmp_path):
-    anyword = str(Path(sys.executable).parent / "anyword")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run(
-        [anyword, "bench", "--preset", "sd15", "--json"], capture_output=True, text=True, env=env, timeout=120
-    )
+    done = run_anyword("bench", "--preset", "sd15", "--json", env={"HF_HOME": str(tmp_path / "hf")})
     assert done.returncode == 2 and done.stdout == ""
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in done.stderr
     assert str(tmp_path / "hf") in done.stderr and "HF_HUB_OFFLINE" in done.stderr

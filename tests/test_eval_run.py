@@ -24,6 +24,7 @@ QUICK = ["--preset", "shapes", "--steps", "2"]
 
 
 def anyword(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """The console script (or ``launcher``) in subprocesses: what `accelerate launch` starts."""
     command = launcher or [str(BIN / "anyword")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, env=env)
@@ -50,6 +51,7 @@ def grefcoco(tmp_path_factory):
     return write_grefcoco(tmp_path_factory.mktemp("grefcoco"))
 
 
+@pytest.mark.slow
 def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     run = tmp_path / "run"
     command = ["eval", "--dataset", "grefcoco", "--data-root", str(grefcoco.root), "--split", "val", *QUICK]
@@ -186,26 +188,26 @@ def test_no_target_rule_decides_and_is_recorded(tmp_path):
     ]
 
 
-def test_run_folder_refusals(grefcoco, tmp_path):
+def test_run_folder_refusals(run_cli, grefcoco, tmp_path):
     root = ["--data-root", str(grefcoco.root), *QUICK]
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    refused = anyword("eval", "--dataset", "grefcoco", *root, "--out", str(busy))
+    refused = run_cli("eval", "--dataset", "grefcoco", *root, "--out", str(busy))
     assert refused.returncode == 2 and "is not empty and holds no evaluation run" in refused.stderr
     assert (busy / "notes.txt").read_text() == "mine"
-    no_out = anyword("eval", "--dataset", "grefcoco", *root)
+    no_out = run_cli("eval", "--dataset", "grefcoco", *root)
     assert no_out.returncode == 2 and "needs --out RUN_DIR" in no_out.stderr
-    no_root = anyword("eval", "--dataset", "refcoco", "--out", str(tmp_path / "x"))
+    no_root = run_cli("eval", "--dataset", "refcoco", "--out", str(tmp_path / "x"))
     assert no_root.returncode == 2 and "--data-root is required for refcoco" in no_root.stderr
-    bad_split = anyword("eval", "--dataset", "grefcoco", *root, "--split", "test", "--out", str(tmp_path / "y"))
+    bad_split = run_cli("eval", "--dataset", "grefcoco", *root, "--split", "test", "--out", str(tmp_path / "y"))
     assert bad_split.returncode == 2 and "grefcoco has no split 'test'" in bad_split.stderr
-    shapes_only = anyword("eval", "--dataset", "shapes", "--referent", "all", "--n", "1")
-    assert shapes_only.returncode == 2 and "--referent need --out RUN_DIR" in shapes_only.stderr
+    shapes = run_cli("eval", "--dataset", "shapes", "--referent", "all", "--n", "1")
+    assert shapes.returncode == 2 and "needs --out RUN_DIR" in shapes.stderr
 
 
-def test_fast_mode_in_a_benchmark_run_uses_the_shipped_adapter(tmp_path):
-    done = anyword("eval", "--dataset", "shapes", "--split", "novel", "--n", "2", "--fast", "--inversion-steps", "5",
+def test_fast_mode_in_a_benchmark_run_uses_the_shipped_adapter(run_cli, tmp_path):
+    done = run_cli("eval", "--dataset", "shapes", "--split", "novel", "--n", "2", "--fast", "--inversion-steps", "5",
                    "--out", str(tmp_path / "run"), "--json", "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)

@@ -135,7 +135,10 @@ def test_grid_to_image_keeps_axes_on_non_square_images(mode):
     image = frame.grid_to_image(grid)
     assert image.shape == (40, 120)  # (H, W), never transposed
     y, x = np.unravel_index(np.argmax(image), image.shape)
-    expected_x, expected_y = frame.grid_to_image_xy(row, col, grid.shape)
+    # The cell's centre in model pixels, mapped back through the content box to original pixels.
+    x0, y0, x1, y1 = frame.content_box
+    expected_x = ((col + 0.5) * 64 / 16 - x0) * 120 / (x1 - x0)
+    expected_y = ((row + 0.5) * 64 / 16 - y0) * 40 / (y1 - y0)
     assert abs(x - expected_x) <= 2 and abs(y - expected_y) <= 2
     assert x > 80  # right part of the image, as the cell is in the right part of the grid
 
@@ -159,7 +162,12 @@ def test_pad_mode_geometry():
     assert model.shape == (60, 60, 3)
     assert (model[:19] == 127).all() and (model[41:] == 127).all()  # grey padding above and below
     assert model[30, 5].min() > 200 and model[30, 55].max() < 30
-    assert frame.grid_to_image_xy(7.5, 7.5, (16, 16)) == pytest.approx((60.0, 20.0))
+    centre = np.zeros((16, 16), dtype=np.float32)
+    centre[7:9, 7:9] = 1.0  # the grid's middle four cells -> centred on the image, padding or not
+    mapped = frame.grid_to_image(centre)
+    rows, cols = np.mgrid[0:40, 0:120]
+    centroid = (float((cols * mapped).sum() / mapped.sum()), float((rows * mapped).sum() / mapped.sum()))
+    assert centroid == pytest.approx((59.5, 19.5), abs=0.05)
     stretched = ImageFrame(width=120, height=40, size=60).to_model(image)
     assert stretched.shape == (60, 60, 3) and stretched[30, 5].min() > 200 and stretched[30, 55].max() < 30
     with pytest.raises(ValueError, match="resize mode"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from anyword.images import load_image
 from anyword.pipeline import SegmentAnyword
 from anyword.prompts import PromptSettings
 from anyword.settings import Overrides, PipelineSettings, apply_overrides
+from tests.conftest import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PHOTO = ASSETS / "chelsea.png"  # 451 x 300, a real non-square photo
 CAPTION = "A tabby cat with big green eyes and a pink nose."
 QUICK = PipelineSettings(
@@ -44,11 +43,27 @@ def test_result_holds_everything_at_the_original_size(first):
         assert all(0 <= p.x < 451 and 0 <= p.y < 300 for p in first.prompts.for_concept(concept.id))
     data = first.to_dict()
     assert data["image"] == {"width": 451, "height": 300} and data["random_weights"] is True
-    assert data["models"]["backbone"] == "tiny" and data["models"]["segmenter"] == "sam-tiny"
+    assert data["models"]["backbone"] == "tiny" and data["models"]["segmenter"] == "sam"
+    assert data["models"]["segmenter_model"] == "sam-tiny"
     assert data["settings"]["prompts"]["threshold"] == 0.7
     assert [c["noun"] for c in data["concepts"]] == ["cat", "eyes", "nose"]
     assert {"attention_learn_s", "attention_invert_s", "attention_denoise_s", "total_s"} <= set(data["timings"])
     assert any("random weights" in w for w in first.warnings)
+
+
+def test_the_daam_style_views_of_a_result(first):
+    """The README's per-word API: a word, a token position, a concept, an adjective, all at the image's size."""
+    maps = first.attention.maps
+    cat, nose = first.concepts[0], first.concepts[2]
+    (position,) = first.alignment.for_concept(cat.id).noun_positions  # "cat" is one CLIP token
+    assert maps.word_map("cat").shape == maps.token_map(position).shape == (300, 451)
+    np.testing.assert_allclose(maps.word_map("cat"), maps.concept_map(cat.id))
+    np.testing.assert_allclose(maps.token_map(position), maps.concept_map(cat.id))
+    np.testing.assert_allclose(maps.adjective_map(nose.id, "pink"), maps.word_map("pink"))
+    assert not np.allclose(maps.word_map("cat"), maps.word_map("pink"))  # different tokens, different maps
+    assert maps.token_map(position, size="grid").shape == (16, 16)  # tiny's default grid
+    with pytest.raises(KeyError, match="zebra"):
+        maps.word_map("zebra")
 
 
 def test_point_edits_rerun_only_the_segmenter(pipeline, first, monkeypatch):
@@ -112,7 +127,9 @@ def test_each_image_is_hashed_once_per_run(pipeline, monkeypatch):
 def test_result_settings_are_the_ones_its_parts_were_made_with(pipeline):
     custom = apply_overrides(QUICK, Overrides(learning_steps=1, seed=7, threshold=0.6))
     result = pipeline.run(PHOTO, "a cat with a pink nose", settings=custom)
-    assert result.settings.diffusion == result.attention.settings == custom.diffusion
+    # What was asked, with the attention grid made explicit: the model's default grid when none was set.
+    used = dataclasses.replace(custom.diffusion, attention_resolutions=custom.diffusion.attention_resolutions or (16,))
+    assert result.settings.diffusion == result.attention.settings == used
     assert result.settings.prompts == result.prompts.settings == custom.prompts
     data = result.to_dict()["settings"]
     assert data["diffusion"]["learning"]["steps"] == 1 and data["diffusion"]["seed"] == 7

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -24,13 +23,16 @@ from anyword.images import load_image
 from anyword.parsing import SpacyParser, normalize_caption
 from anyword.parsing.llm_access import EndpointRefused, LLMAccess, check_public_url
 from anyword.seeds import MAX_SEED, check_seed
+from demo import choices
 from demo import handlers as h
 from demo.exports import ExportStore
+from demo.layout import UploadedImage
+from demo.requests import ComputeRequest, ParseRequest
 from demo.state import Session
-from demo.ui import DemoConfig, UploadedImage, build_demo
+from demo.ui import DemoConfig, build_demo
+from tests.conftest import ANYWORD
 from tests.fake_openai import FakeOpenAIServer, Reply, concepts_json
 
-ANYWORD = str(Path(sys.executable).parent / "anyword")
 OPERATOR_KEY = "sk-operator-SECRET-0001"
 VISITOR_KEY = "sk-visitor-0002"
 DOG_SOFA = concepts_json(("dog", [], "dog"), ("sofa", [], "sofa"))
@@ -61,14 +63,16 @@ def test_the_operators_key_only_goes_to_the_operators_endpoint(servers, spacy_pa
     parse = h.parse_caption
     # A visitor URL without a key is refused before anything is sent anywhere.
     with pytest.raises(EndpointRefused, match="needs your own API key"):
-        parse(Session(), "a dog on a sofa", h.PARSER_LLM, "", "gpt-4o", visitor.base_url, llm=llm)
+        parse(Session(), ParseRequest("a dog on a sofa", choices.LLM, "", "gpt-4o", visitor.base_url), llm=llm)
     assert visitor.requests == [] and operator.requests == []
     # With the visitor's key: that key, and only it, goes to the visitor's server.
-    session, view = parse(Session(), "a dog on a sofa", h.PARSER_LLM, VISITOR_KEY, "", visitor.base_url, llm=llm)
+    session, view = parse(
+        Session(), ParseRequest("a dog on a sofa", choices.LLM, VISITOR_KEY, "", visitor.base_url), llm=llm
+    )
     assert session.parse.parser == "openai" and not view["warning"]
     assert keys_sent(visitor) == [f"Bearer {VISITOR_KEY}"]
     # No URL typed: the operator's endpoint with the operator's key.
-    session, _ = parse(Session(), "a dog on a sofa", h.PARSER_LLM, "", "", "", llm=llm)
+    session, _ = parse(Session(), ParseRequest("a dog on a sofa", choices.LLM, "", "", ""), llm=llm)
     assert session.parse.parser == "openai" and keys_sent(operator) == [f"Bearer {OPERATOR_KEY}"]
     assert all(OPERATOR_KEY not in key for key in keys_sent(visitor))
 
@@ -206,6 +210,7 @@ def test_unreadable_uploads_get_specific_messages(tmp_path, content, message):
         h.set_image(Session(), upload(path))
 
 
+@pytest.mark.slow
 def test_parallel_uploads_of_one_16bit_image_through_the_server(demo_server, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -228,25 +233,29 @@ def test_out_of_range_seeds_are_refused_by_name(seed):
     with pytest.raises(SettingsError, match=f"from 0 to {MAX_SEED}"):
         check_seed(seed)
     with pytest.raises(AnywordError, match="seed"):
-        h.page_overrides(h.QUALITY_PRESET, None, seed)
+        ComputeRequest("tiny", seed=seed).overrides()
 
 
 # --- 6, 7: downloads and sessions -----------------------------------------------------------------------------
+
+
+def owners(store: ExportStore) -> list[str]:
+    return sorted(p.name for p in store.root.iterdir() if p.is_dir())
 
 
 def test_exports_are_one_file_per_session_and_go_when_it_ends(tmp_path):
     store = ExportStore(tmp_path / "exports", max_bytes=10_000)
     first = store.write("aaa", "one.zip", b"x" * 3000)
     second = store.write("aaa", "two.zip", b"y" * 3000)
-    assert not first.exists() and second.read_bytes() == b"y" * 3000 and store.owners() == ["aaa"]
+    assert not first.exists() and second.read_bytes() == b"y" * 3000 and owners(store) == ["aaa"]
     assert second.parent != first.parent  # a new URL for each export
     store.write("bbb", "b.zip", b"z" * 3000)
     store.write("ccc", "c.zip", b"z" * 3000)
     os.utime(store.root / "aaa", (1, 1))  # the oldest session
     store.write("ddd", "d.zip", b"z" * 3000)  # over 10,000 bytes: the oldest session's file goes
-    assert store.owners() == ["bbb", "ccc", "ddd"] and store.total_bytes() <= 10_000
+    assert owners(store) == ["bbb", "ccc", "ddd"] and store.total_bytes() <= 10_000
     store.release("bbb")
-    assert store.owners() == ["ccc", "ddd"]
+    assert owners(store) == ["ccc", "ddd"]
     with pytest.raises(ValueError):
         store.write("../escape", "x.zip", b"")
 
@@ -352,6 +361,7 @@ def test_pipes_and_folders_are_not_images(tmp_path, capsys):
 # --- 11, 14: the CLI's edges ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_cli_quietly():
     process = subprocess.Popen(
         [ANYWORD, "parse", "a red cup on a saucer with a silver spoon", "--json"],

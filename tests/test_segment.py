@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,8 +14,17 @@ import torch
 
 from anyword.downloads import Checkpoint, fetch
 from anyword.errors import ModelUnavailableError
-from anyword.segment import TINY, MaskRequest, PlainSegmenter, make_segmenter
+from anyword.segment import SEGMENTERS, TINY, MaskRequest, segmenter_spec
+from anyword.segment.plain import PlainSegmenter
 from anyword.segment.sam import SAM_CHECKPOINTS, SamSegmenter
+
+# The backends served through transformers' hub classes (SAM 2.1, HQ-SAM, and whatever joins them): read from the
+# registry, so a new one is tested without touching this file.
+HUB_BACKENDS = [key for key, spec in SEGMENTERS.items() if hasattr(importlib.import_module(spec.module), "REPOS")]
+
+
+def tiny(key: str):
+    return segmenter_spec(key).load(weights=TINY, device="cpu")
 
 
 @pytest.fixture()
@@ -101,8 +111,8 @@ def two_points() -> MaskRequest:
 
 
 def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
-    segmenter = make_segmenter("sam", weights=TINY, device="cpu")
-    assert segmenter.name == "sam-tiny" and segmenter.random_weights
+    segmenter = tiny("sam")
+    assert (segmenter.key, segmenter.label) == ("sam", "sam-tiny") and segmenter.random_weights
     rng = np.random.default_rng(0)
     image = (rng.random((70, 130, 3)) * 255).astype(np.uint8)
     embedding = segmenter.embed(image)
@@ -119,10 +129,15 @@ def test_tiny_sam_masks_have_the_image_size_and_are_deterministic():
     assert not segmenter.segment(embedding, only_negative).mask.any()
 
 
-@pytest.mark.parametrize("name", ["sam2", "sam-hq"])
+def test_every_backend_reports_its_registry_key():
+    for key in SEGMENTERS:
+        assert tiny(key).key == key
+
+
+@pytest.mark.parametrize("name", HUB_BACKENDS)
 def test_transformers_segmenters_embed_once_and_decode_at_the_image_size(name):
-    segmenter = make_segmenter(name, weights=TINY, device="cpu")
-    assert segmenter.name == f"{name}-tiny-random" and segmenter.random_weights
+    segmenter = tiny(name)
+    assert segmenter.label == f"{name}-tiny-random" and segmenter.random_weights and segmenter.parameter_count() > 0
     image = (np.random.default_rng(1).random((70, 130, 3)) * 255).astype(np.uint8)
     embedding = segmenter.embed(image)
     assert embedding.original_size == (70, 130) and all(f.device.type == "cpu" for f in embedding.features)
@@ -134,12 +149,12 @@ def test_transformers_segmenters_embed_once_and_decode_at_the_image_size(name):
     assert not segmenter.segment(embedding, only_negative).mask.any()
 
 
-@pytest.mark.parametrize("name", ["sam2", "sam-hq"])
+@pytest.mark.parametrize("name", HUB_BACKENDS)
 @pytest.mark.parametrize("point", [(120.0, 8.0), (6.0, 64.0), (65.0, 35.0)])
 def test_transformers_segmenters_map_points_and_masks_back_to_the_original_pixels(name, point):
     """A decoder that lights up exactly the low-resolution cell under the prompt it receives: the final mask must
     hold the original point (points go image -> encoder input, masks come back; SAM-HQ pads, SAM 2.1 stretches)."""
-    segmenter = make_segmenter(name, weights=TINY, device="cpu")
+    segmenter = tiny(name)
     image = np.zeros((70, 130, 3), np.uint8)
     embedding = segmenter.embed(image)
     side = 128  # the tiny models' square input
@@ -173,20 +188,19 @@ def test_plain_segmenter_thresholds_the_map():
 
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown segmenter"):
-        make_segmenter("magic")
+        segmenter_spec("magic")
     with pytest.raises(ValueError, match="unknown SAM model"):
         SamSegmenter.load("vit_z")
 
 
-@pytest.mark.parametrize(
-    ("name", "repo"), [("sam2", "facebook/sam2.1-hiera-large"), ("sam-hq", "syscv-community/sam-hq-vit-huge")]
-)
-def test_transformers_segmenters_offline_name_the_weights_and_how_to_get_them(name, repo, monkeypatch, tmp_path):
-    from anyword.segment import segmenter_spec
-
+@pytest.mark.parametrize("name", HUB_BACKENDS)
+def test_transformers_segmenters_offline_name_the_weights_and_how_to_get_them(name, monkeypatch, tmp_path):
+    spec = segmenter_spec(name)
+    repo = importlib.import_module(spec.module).REPOS[spec.default_model]
+    assert repo.count("/") == 1  # a hub id
     monkeypatch.setenv("ANYWORD_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
     availability = segmenter_spec(name).availability()
     assert availability.state == "missing" and repo in availability.reason
     with pytest.raises(ModelUnavailableError, match=f"'{repo}' are not in the Hugging Face cache.*hf download {repo}"):
-        make_segmenter(name, device="cpu")
+        spec.load(device="cpu")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from anyword.errors import SettingsError
 from anyword.metrics import mask_iou
 from anyword.shapes.scenes import (
     COLOURS,
@@ -17,7 +18,6 @@ from anyword.shapes.scenes import (
     NOVEL_NOUNS,
     SHAPES,
     make_scene,
-    phrase_masks,
     render,
     true_concepts,
 )
@@ -31,7 +31,8 @@ def test_scenes_are_deterministic_and_consistent():
             image, masks = render(scene, 96)
             assert image.shape == (96, 96, 3) and image.dtype == np.uint8
             assert len(masks) == len(scene.shapes) == len(scene.phrases)
-            for phrase, mask in phrase_masks(scene, 96):
+            for phrase in scene.phrases:
+                mask = masks[phrase.shape_index]
                 assert mask.dtype == bool and mask.sum() > 30  # every shape stays visible
                 assert re.search(rf"\b{phrase.text}\b", scene.caption), (phrase.text, scene.caption)
             union = np.zeros((96, 96), dtype=int)
@@ -64,7 +65,7 @@ def test_same_colour_scenes_tell_shapes_apart_by_noun_only():
 
 def test_training_writes_loadable_weights_and_resumes(tmp_path):
     from anyword.diffusion.shapes_model import build_models, load_shapes_backbone
-    from anyword.shapes.train import sharpen_cross_attention, train
+    from anyword.shapes.training import TrainConfig, sharpen_cross_attention, train
 
     settings = {
         "qk_gain": 3.0,
@@ -73,9 +74,10 @@ def test_training_writes_loadable_weights_and_resumes(tmp_path):
         "pixel_weight": 0.2,
         "grounding_max_t": 1000,
     }
-    first = train(tmp_path, steps=1, batch_size=2, warmup=1, log_every=1, gain_scenes=4, **settings)
+    quick = {"batch_size": 2, "warmup": 1, "log_every": 1, "gain_scenes": 4, **settings}
+    first = train(tmp_path, TrainConfig(steps=1, **quick))
     assert first["steps"] == 1 and first["qk_gain"] == 3.0 and np.isfinite(first["final_loss_ema"])
-    resumed = train(tmp_path, steps=2, batch_size=2, warmup=1, log_every=1, gain_scenes=4, **settings)
+    resumed = train(tmp_path, TrainConfig(steps=2, **quick))
     assert resumed["steps"] == 2 and resumed["grounding_weight"] == 0.1
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [record["step"] for record in log] == [1, 2]  # the second call went on from the checkpoint
@@ -84,7 +86,7 @@ def test_training_writes_loadable_weights_and_resumes(tmp_path):
     backbone = load_shapes_backbone(folder=tmp_path)
     assert "trained 2 steps" in backbone.source
     with pytest.raises(ValueError, match=r"same_colour 0.5 -> 0.0"):  # a resumed run keeps its data and init
-        train(tmp_path, steps=3, batch_size=2, warmup=1, gain_scenes=4, **{**settings, "same_colour": 0.0})
+        train(tmp_path, TrainConfig(steps=3, **{**quick, "same_colour": 0.0}))
 
     unet, text_encoder = build_models(0)
     sharp_unet, sharp_text = build_models(0)
@@ -100,7 +102,7 @@ def test_training_writes_loadable_weights_and_resumes(tmp_path):
 
 
 def test_grounding_targets_pair_each_shape_word_with_its_mask():
-    from anyword.shapes.train import GROUNDING_SLOTS, batch
+    from anyword.shapes.training import GROUNDING_SLOTS, batch
     from anyword.tokens import load_tokenizer
 
     tokenizer = load_tokenizer()
@@ -140,7 +142,7 @@ def test_grounding_targets_pair_each_shape_word_with_its_mask():
 
 
 def test_grounding_losses_are_zero_inside_the_shape_and_grow_outside():
-    from anyword.shapes.train import grounding_loss
+    from anyword.shapes.training import grounding_loss
 
     masks = torch.zeros(2, 4, 64, 64, dtype=torch.bool)
     masks[0, 0, 8:24, 40:64] = True  # a wide shape in the top right (rows 8-23, columns 40-63)
@@ -189,27 +191,33 @@ def test_grounding_losses_are_zero_inside_the_shape_and_grow_outside():
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--grounding-weight", "-1", "--grounding-weight and --pixel-weight must be >= 0"),
-        ("--pixel-weight", "-0.5", "--grounding-weight and --pixel-weight must be >= 0"),
-        ("--grounding-max-t", "0", "--grounding-max-t is a timestep"),
-        ("--same-colour", "2", "--same-colour is a probability"),
-        ("--absent-words", "1.5", "--absent-words is a probability"),
-        ("--qk-gain", "0", "must be positive"),
+        ("--grounding-weight", "-1", "--grounding-weight: must be at least 0.0"),
+        ("--pixel-weight", "-0.5", "--pixel-weight: must be at least 0.0"),
+        ("--grounding-max-t", "0", "--grounding-max-t: must be between 1 and 1000"),
+        ("--same-colour", "2", "--same-colour: must be between 0.0 and 1.0"),
+        ("--absent-words", "1.5", "--absent-words: must be between 0.0 and 1.0"),
+        ("--qk-gain", "0", "--qk-gain: must be greater than 0.0"),
+        ("--steps", "5", "--steps is --train-steps here"),
     ],
 )
-def test_train_cli_rejects_bad_settings(tmp_path, capsys, flag, value, message):
-    from anyword.shapes.train import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--out", str(tmp_path / "run"), flag, value])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+def test_train_cli_rejects_bad_settings(run_cli, tmp_path, flag, value, message):
+    done = run_cli("shapes", "train", "--out", tmp_path / "run", flag, value)
+    assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_train_config_refuses_what_the_cli_refuses():
+    from anyword.shapes.training import TrainConfig
+
+    with pytest.raises(SettingsError, match="same_colour is a probability"):
+        TrainConfig(same_colour=2.0)
+    with pytest.raises(SettingsError, match="grounding_max_t is a timestep"):
+        TrainConfig(grounding_max_t=0)
 
 
 @pytest.mark.parametrize(("place", "expected"), [("end", "{caption} {control}"), ("start", "{control}. {caption}")])
 def test_control_word_is_a_shape_the_caption_lacks(place, expected):
-    from anyword.shapes.evaluate import with_control
+    from anyword.shapes.localization import with_control
 
     scene = make_scene("seen", 4, min_shapes=2, max_shapes=4)
     caption, concepts, control = with_control(scene, place)
@@ -288,20 +296,25 @@ def shapes_backbone():
 def test_shipped_model_loads_offline(shapes_backbone):
     backbone = shapes_backbone
     assert backbone.vae is None and backbone.latent_factor == 1 and backbone.resolution == 64
+    assert backbone.attention_grids == (32, 16) and backbone.default_attention_grid == 16
     assert backbone.prediction_type == "v_prediction" and not backbone.random_weights
     pixels, _ = render(make_scene("seen", 0), 64)
     latents = backbone.encode_image(pixels)
     assert latents.shape == (1, 3, 64, 64) and latents.min() >= -1 and latents.max() <= 1
-    np.testing.assert_array_equal(backbone.decode_latents(latents), pixels)  # pixel space is lossless
+    expected = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    torch.testing.assert_close(latents, expected)  # pixel space: the "latent" is the image itself
 
 
+@pytest.mark.slow
 def test_shipped_model_points_at_named_shapes(shapes_backbone):
-    from anyword.shapes.evaluate import localization
+    from anyword.presets import get_preset
+    from anyword.settings import Overrides
+    from anyword.shapes.localization import localization
 
+    settings = get_preset("shapes").settings(Overrides(learning_steps=0)).diffusion  # grids 16 + 32, t <= 400
     # Held-out validation scenes of the training distribution (not the test splits).
-    result = localization(
-        "train", 12, resolutions=(16, 32), timesteps=(0, 400), start=7_000_000, progress=False, backbone=shapes_backbone
-    )
+    result = localization(shapes_backbone, settings, "train", 12, start=7_000_000, progress=False)
+    assert result["attention_resolutions"] == [16, 32] and result["attention_timesteps"] == (0, 400)
     # 33 shapes; measured noun 0.88, colour 0.91, control 0.06, chance 0.05 (docs/benchmarks.md: 0.9 on 300 test shapes)
     assert result["noun_pointing"] >= 0.7 and result["colour_pointing"] >= 0.7
     assert result["control_pointing"] <= 0.2  # a word the caption lacks does not light the shapes
@@ -311,7 +324,7 @@ def test_variants_probe_scores_every_grid_and_control_place(shapes_backbone):
     import importlib.util
     from pathlib import Path
 
-    from anyword.shapes.evaluate import CONTROL_PLACES, with_control
+    from anyword.shapes.localization import CONTROL_PLACES, with_control
 
     path = Path(__file__).parents[1] / "scripts" / "shapes_variants.py"
     spec = importlib.util.spec_from_file_location("shapes_variants", path)
@@ -345,23 +358,12 @@ def test_direct_inversion_is_exact_with_v_prediction(shapes_backbone):
     assert len(result.embeddings.losses) == 2 and all(np.isfinite(result.embeddings.losses))
 
 
-def _eval_cli(*args: str):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+@pytest.mark.slow
+def test_ablation_cli_prints_one_row_per_configuration(run_cli):
+    from anyword.shapes.ablation import ABLATION
 
-    anyword = str(Path(sys.executable).parent / "anyword")
-    return subprocess.run(
-        [anyword, "eval", *args], capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
-
-
-def test_eval_ablation_cli_prints_one_row_per_configuration():
-    from anyword.shapes.evaluate import ABLATION
-
-    quick = ["--dataset", "shapes", "--split", "novel", "--n", "2", "--steps", "2", "--inversion-steps", "8", "--quiet"]
-    done = _eval_cli(*quick, "--learning-rate", "0.002", "--ablation", "--json")
+    quick = ["--split", "novel", "--n", "2", "--steps", "2", "--inversion-steps", "8", "--quiet"]
+    done = run_cli("shapes", "ablation", *quick, "--learning-rate", "0.002", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # exactly one JSON object
     assert result["split"] == "novel" and result["n"] == 2 and result["scenes"] == [0, 1]
@@ -377,25 +379,29 @@ def test_eval_ablation_cli_prints_one_row_per_configuration():
         for metric in ("miou", "ciou", "giou", "ap50", "recall"):
             assert 0.0 <= row[metric] <= 1.0, (name, metric)
         assert row["seconds_per_image"] > 0
-    again = json.loads(_eval_cli(*quick, "--learning-rate", "0.002", "--ablation", "--json").stdout)
+    assert result["rows"]["plain"]["segmenter"] == "plain" and result["rows"]["full"]["segmenter"] == "grabcut"
+    again = json.loads(run_cli("shapes", "ablation", *quick, "--learning-rate", "0.002", "--json").stdout)
     assert {k: v["miou"] for k, v in again["rows"].items()} == {k: v["miou"] for k, v in result["rows"].items()}
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dataset", "coco"], "invalid choice: 'coco'"),
-        (["--split", "bogus"], "the shapes world has no split 'bogus'"),
-        (["--n", "0"], "--n"),
-        (["--start", "-3"], "--start"),
-        (["--localization", "--steps", "5"], "--steps cannot be combined with --localization"),
-        (["--localization", "--learning-rate", "1e-3"], "--learning-rate cannot be combined with --localization"),
-        (["--learning-rate", "0"], "--learning-rate: must be greater than 0.0, got 0.0"),
-        (["--learning-rate", "nan"], "--learning-rate: expected a finite number, got 'nan'"),
+        (["shapes", "ablation", "--split", "bogus"], "invalid choice: 'bogus'"),
+        (["shapes", "ablation", "--n", "0"], "--n"),
+        (["shapes", "ablation", "--start", "-3"], "--start"),
+        (["shapes", "ablation", "--rows", "everything"], "invalid choice: 'everything'"),
+        (["shapes", "localization", "--steps", "5"], "unrecognized arguments: --steps"),
+        (["shapes", "ablation", "--learning-rate", "0"], "--learning-rate: must be greater than 0.0, got 0.0"),
+        (["shapes", "ablation", "--learning-rate", "nan"], "--learning-rate: expected a finite number, got 'nan'"),
+        (["eval", "--dataset", "coco"], "invalid choice: 'coco'"),
+        (["eval", "--ablation"], "--ablation is `anyword shapes ablation` here"),
+        (["eval", "--localization"], "--localization is `anyword shapes localization` here"),
+        (["eval", "--dataset", "shapes", "--n", "2"], "needs --out RUN_DIR"),
     ],
 )
-def test_eval_cli_rejects_bad_arguments(args, message):
-    done = _eval_cli(*args, "--quiet")
-    assert done.returncode != 0
+def test_shapes_and_eval_cli_reject_bad_arguments(run_cli, args, message):
+    done = run_cli(*args, "--quiet")
+    assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""

@@ -35,7 +35,7 @@ def test_split_words_numbered_nouns_case_and_punctuation(spacy_parser, tokenizer
     assert alignment.pieces[0] == "<|startoftext|>" and alignment.pieces[-1] == "<|endoftext|>"
     assert len(alignment.input_ids) == 77
     assert alignment.input_ids[: len(alignment.pieces)] == tuple(tokenizer(caption)["input_ids"])
-    assert not alignment.truncated and alignment.warnings == ()
+    assert alignment.caption_tokens <= alignment.window and alignment.warnings == ()
 
 
 def test_coordinated_adjectives_each_get_their_token(spacy_parser, tokenizer):
@@ -60,6 +60,6 @@ def test_mention_past_the_window_is_dropped_with_a_warning(spacy_parser, tokeniz
     cat = result.concepts[0]
     assert cat.noun == "cat" and len(cat.mentions) == 2
     alignment = align_tokens(caption, result.concepts, tokenizer)
-    assert alignment.truncated and alignment.caption_tokens > 75
+    assert alignment.caption_tokens > alignment.window == 75
     assert alignment.for_concept(cat.id).noun_positions == (2,)
     assert any("past the 75-token window" in w for w in alignment.warnings)

@@ -7,17 +7,9 @@ from anyword.diffusion.attention import AttentionMaps, CrossAttentionRecorder, r
 from anyword.diffusion.backbone import Backbone, override_token_embeddings
 from anyword.diffusion.extract import AttentionResult, DiffusionSettings, extract_attention
 from anyword.diffusion.inversion import DDIMSchedule, ddim_denoise, ddim_invert, ddim_step, make_schedule
-from anyword.diffusion.prompt_learning import (
-    PAPER_STEPS,
-    SHORT_STEPS,
-    LearnedEmbeddings,
-    LearningSettings,
-    learn_embeddings,
-)
+from anyword.diffusion.prompt_learning import LearnedEmbeddings, LearningSettings, learn_embeddings
 
 __all__ = [
-    "PAPER_STEPS",
-    "SHORT_STEPS",
     "AttentionMaps",
     "AttentionResult",
     "Backbone",

@@ -1,7 +1,7 @@
 """Recording cross-attention, and the averaged per-token maps (DAAM-style API).
 
 :func:`record_cross_attention` installs :class:`RecordingCrossAttnProcessor` on the UNet's cross-attention layers
-with ``set_attn_processor`` (self-attention keeps its fast SDPA processor) and restores the previous processors on
+with ``set_attn_processor`` (self-attention keeps its fused SDPA processor) and restores the previous processors on
 exit. While recording is on, each cross-attention layer whose query grid is one of the chosen resolutions adds
 ``softmax(Q K^T / sqrt(d))``, averaged over heads and batch, to a running sum for that resolution: memory is one
 ``(h*w, L)`` tensor per resolution, whatever the number of steps.
@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -81,17 +82,17 @@ class RecordingCrossAttnProcessor:
     ``AttnProcessor2_0`` (fused SDPA), so layers and steps that are not recorded cost nothing extra.
     """
 
-    def __init__(self, recorder: CrossAttentionRecorder, layer: str):
+    def __init__(self, recorder: Recorder, layer: str):
         self.recorder = recorder
         self.layer = layer
-        self._fast = AttnProcessor2_0()
+        self._fused = AttnProcessor2_0()
 
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
     ):
         resolution = _query_resolution(hidden_states)
         if not self.recorder.active or resolution not in self.recorder.resolutions or encoder_hidden_states is None:
-            return self._fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self._fused(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -140,10 +141,40 @@ def cross_attention_layers(unet: torch.nn.Module) -> list[str]:
     return names
 
 
+def cross_attention_grids(unet: torch.nn.Module, latent_side: int) -> tuple[int, ...]:
+    """Query-grid sides of ``unet``'s cross-attention layers for a ``latent_side`` input, largest first: a layer in
+    down block ``i`` sees ``latent_side / 2**i``, the middle block the coarsest level, up block ``j`` level
+    ``levels - 1 - j`` (diffusers' ``UNet2DConditionModel`` layout)."""
+    levels = len(unet.config.block_out_channels)
+    grids = set()
+    for name in cross_attention_layers(unet):
+        part, _, rest = name.partition(".")
+        if part == "mid_block":
+            level = levels - 1
+        else:
+            index = int(rest.partition(".")[0])
+            level = index if part == "down_blocks" else levels - 1 - index
+        grids.add(latent_side // 2**level)
+    return tuple(sorted(grids, reverse=True))
+
+
+class Recorder(Protocol):
+    """What the recording processors hand attention to: :class:`CrossAttentionRecorder` (running means, for maps)
+    or any object that keeps them otherwise (e.g. with their graph, for a training loss)."""
+
+    resolutions: tuple[int, ...]
+    active: bool
+
+    def add(self, layer: str, resolution: int, probabilities: torch.Tensor) -> None: ...
+
+
 @contextmanager
-def record_cross_attention(unet: torch.nn.Module, resolutions: Iterable[int]) -> Iterator[CrossAttentionRecorder]:
-    """Install recording processors on every cross-attention layer; restore the originals on exit."""
-    recorder = CrossAttentionRecorder(resolutions)
+def record_cross_attention(
+    unet: torch.nn.Module, resolutions: Iterable[int] = (), recorder: Recorder | None = None
+) -> Iterator[Recorder]:
+    """Install recording processors on every cross-attention layer; restore the originals on exit. The processors
+    hand probabilities to ``recorder`` (default: a new :class:`CrossAttentionRecorder` for ``resolutions``)."""
+    recorder = recorder or CrossAttentionRecorder(resolutions)
     original = unet.attn_processors
     processors = dict(original)
     for name in cross_attention_layers(unet):

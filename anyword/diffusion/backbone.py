@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from anyword.diffusion.attention import cross_attention_grids
 from anyword.diffusion.speed import EAGER, SpeedSettings, compiled_unet, memory_format
 
 
@@ -72,6 +73,19 @@ class Backbone:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def attention_grids(self) -> tuple[int, ...]:
+        """Sides of the query grids of the UNet's cross-attention layers at this model's input size, largest first
+        (64, 32, 16, 8 for Stable Diffusion 1.x at 512 px)."""
+        return cross_attention_grids(self.unet, self.resolution // self.latent_factor)
+
+    @property
+    def default_attention_grid(self) -> int:
+        """The grid the paper's averaging uses on this model: the one nearest a quarter of the latent side (16 for
+        Stable Diffusion 1.x at 512 px, as in the paper; 24 for a 768 px model; the larger one on a tie)."""
+        quarter = self.resolution // self.latent_factor / 4
+        return min(self.attention_grids, key=lambda side: (abs(side - quarter), -side))
+
+    @property
     def description(self) -> str:
         weights = "random weights" if self.random_weights else "pretrained weights"
         return f"{self.name} ({weights}, {self.resolution}px, {self.prediction_type}, {self.device}, {self.dtype})"
@@ -90,14 +104,6 @@ class Backbone:
             return tensor
         latents = self.vae.encode(tensor).latent_dist.mean
         return latents * self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """Inverse of :meth:`encode_image` (up to the VAE's reconstruction error): ``(S, S, 3)`` uint8."""
-        if self.vae is not None:
-            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        pixels = ((latents[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
-        return pixels.permute(1, 2, 0).cpu().numpy()
 
     def text_states(self, input_ids: torch.Tensor | list[int], embeddings=None) -> torch.Tensor:
         """Text-encoder hidden states ``(1, L, D)`` for ``input_ids``, with learned embeddings swapped in.

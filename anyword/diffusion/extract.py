@@ -7,6 +7,7 @@ every token over heads, layers and denoising timesteps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from anyword.diffusion.prompt_learning import (
     embedding_slots,
     learn_embeddings,
 )
+from anyword.errors import SettingsError
 from anyword.images import ImageFrame, image_digest
 from anyword.seeds import MAX_SEED
 from anyword.tokens import TokenAlignment
@@ -40,8 +42,9 @@ class DiffusionSettings:
         inversion_steps: DDIM steps for inversion and denoising (50).
         direct_inversion: add the inversion/denoising gap at each step (Ju et al. 2024).
         learning: prompt-learning settings (1100 steps in the paper, 0 to skip).
-        attention_resolutions: query-grid sides whose cross-attention is averaged (16 = SD1.x's 16x16 layers;
-            add 32/64 for small objects).
+        attention_resolutions: query-grid sides whose cross-attention is averaged; ``None``: the model's grid
+            nearest a quarter of its latent side (:attr:`Backbone.default_attention_grid`: 16 for SD 1.x at 512 px,
+            the paper's 16x16 layers). Add 32/64 for small objects. Results record the grids actually used.
         attention_timesteps: ``(low, high)``: average only denoising steps with ``low <= t <= high`` (None: all).
         resize: how the image becomes the square model input, "stretch" or "pad" (see :class:`ImageFrame`).
         seed: seeds prompt learning's timesteps and noise.
@@ -50,7 +53,7 @@ class DiffusionSettings:
     inversion_steps: int = 50
     direct_inversion: bool = True
     learning: LearningSettings = field(default_factory=LearningSettings)
-    attention_resolutions: tuple[int, ...] = (16,)
+    attention_resolutions: tuple[int, ...] | None = None
     attention_timesteps: tuple[int, int] | None = None
     resize: str = "stretch"
     seed: int = 0
@@ -103,6 +106,7 @@ def extract_attention(
         calls["unet"] += 1
         return backbone.unet_forward(latents, timestep, text_states)
 
+    settings = with_attention_grids(settings, backbone)
     frame = ImageFrame(width=image.shape[1], height=image.shape[0], size=backbone.resolution, mode=settings.resize)
     key = learned_embeddings_key(backbone, digest or image_digest(image), alignment, settings)
     with stage("encode"):
@@ -153,6 +157,19 @@ def extract_attention(
         recorded_layers=tuple(sorted(recorder.layers_seen)),
         unet_calls=calls["unet"],
     )
+
+
+def with_attention_grids(settings: DiffusionSettings, backbone: Backbone) -> DiffusionSettings:
+    """``settings`` with the grids to average made explicit for ``backbone`` (its default grid when none are set);
+    :class:`SettingsError` naming the model's grids when it has no cross-attention at one of them."""
+    grids = settings.attention_resolutions or (backbone.default_attention_grid,)
+    missing = sorted(set(grids) - set(backbone.attention_grids))
+    if missing:
+        raise SettingsError(
+            f"{backbone.name} has no cross-attention on a {'/'.join(map(str, missing))} grid at {backbone.resolution} "
+            f"px; its grids are {', '.join(map(str, backbone.attention_grids))}"
+        )
+    return dataclasses.replace(settings, attention_resolutions=tuple(grids))
 
 
 def learned_embeddings_key(

@@ -78,27 +78,41 @@ def packaged_config_dir(name: str) -> Path:
     return Path(str(resources.files("anyword") / "data" / name))
 
 
-# --- random-weight models ------------------------------------------------------------------------------------
+# --- loaders: each takes name=, device=, dtype=, seed= (the preset registry names what they build) -------------
 
 
 def load_pretrained(
-    model: str, *, name: str | None = None, device: str | None = None, dtype: str | torch.dtype | None = None
+    model: str,
+    *,
+    name: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
 ) -> Backbone:
-    """Stable Diffusion v1.x from hub id or local diffusers folder ``model`` (reported as ``name``)."""
+    """Stable Diffusion v1.x from hub id or local diffusers folder ``model`` (reported as ``name``, default the
+    model itself). ``seed`` is unused: trained weights are not drawn."""
     torch_device = pick_device(device)
     backbone = _load_pretrained(name or model, model, torch_device, pick_dtype(torch_device, dtype))
     logger.info("loaded %s", backbone.description)
     return backbone
 
 
-def build_tiny(*, device: str | None = None, dtype: str | torch.dtype | None = None, seed: int = 0) -> Backbone:
+def build_tiny(
+    *, name: str = "tiny-sd-random", device: str | None = None, dtype: str | torch.dtype | None = None, seed: int = 0
+) -> Backbone:
     """A tiny random-weight model with Stable Diffusion's classes and CLIP tokenizer (64 px input)."""
-    return _build_random("tiny", _tiny_configs(), 64, device, dtype, seed)
+    return _build_random(name, _tiny_configs(), 64, device, dtype, seed)
 
 
-def build_sd15_random(*, device: str | None = None, dtype: str | torch.dtype | None = None, seed: int = 0) -> Backbone:
+def build_sd15_random(
+    *,
+    name: str = "sd15-architecture-random",
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+) -> Backbone:
     """The full SD 1.5 architecture with seeded random weights: for timing and memory only."""
-    return _build_random("sd15-random", _sd15_configs(), 512, device, dtype, seed)
+    return _build_random(name, _sd15_configs(), 512, device, dtype, seed)
 
 
 def _tiny_configs() -> dict:

@@ -20,13 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from anyword.errors import AnywordError
-from anyword.steps import PAPER_LEARNING_STEPS, SHORT_LEARNING_STEPS
+from anyword.steps import PAPER_LEARNING_STEPS
 from anyword.tokens import TokenAlignment
 
 logger = logging.getLogger(__name__)
 
-PAPER_STEPS = PAPER_LEARNING_STEPS
-SHORT_STEPS = SHORT_LEARNING_STEPS
 FORMAT = "anyword-learned-embeddings-v1"
 
 
@@ -38,7 +36,7 @@ class LearningSettings:
     ``loss_scale``: static loss scaling used only when the model runs in fp16, so small gradients survive.
     """
 
-    steps: int = PAPER_STEPS
+    steps: int = PAPER_LEARNING_STEPS
     batch_size: int = 8
     learning_rate: float = 5e-3
     contrastive_weight: float = 7.5e-4

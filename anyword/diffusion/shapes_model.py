@@ -81,6 +81,7 @@ def make_scheduler():
 
 def load_shapes_backbone(
     *,
+    name: str = "shapes-model",
     device: torch.device | str | None = "cpu",
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
@@ -98,7 +99,7 @@ def load_shapes_backbone(
     if missing:
         raise ModelUnavailableError(
             f"the shapes model is missing {', '.join(missing)} in {folder}; train it with "
-            "`python -m anyword.shapes.train` (see docs/benchmarks.md)"
+            "`anyword shapes train` (see docs/benchmarks.md)"
         )
     unet, text_encoder = build_models()
     unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet.safetensors")).items()})
@@ -108,7 +109,7 @@ def load_shapes_backbone(
     dtype = pick_dtype(device, dtype or torch.float32)
     cast_modules((unet, text_encoder), device, dtype)
     return Backbone(
-        name="shapes",
+        name=name,
         unet=unet,
         text_encoder=text_encoder,
         tokenizer=load_tokenizer(),

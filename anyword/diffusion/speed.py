@@ -12,31 +12,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+SpeedName = Literal["eager", "compiled", "custom"]
 
 
 @dataclass(frozen=True)
 class SpeedSettings:
     channels_last: bool = False
     compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: CompileMode = "default"
     sync_free: bool = False
 
     def __post_init__(self):
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode not in get_args(CompileMode):
+            modes = ", ".join(get_args(CompileMode))
+            raise ValueError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
 
     @property
-    def name(self) -> str:
-        return "eager" if self == EAGER else "fast"
+    def name(self) -> SpeedName:
+        """What results record: "eager", "compiled" (:data:`COMPILED`) or "custom" (any other combination)."""
+        return next((name for name, speed in SPEEDS.items() if speed == self), "custom")
 
 
 EAGER = SpeedSettings()
-FAST = SpeedSettings(channels_last=True, compile=True, sync_free=True)
-SPEEDS = {"eager": EAGER, "fast": FAST}
+COMPILED = SpeedSettings(channels_last=True, compile=True, sync_free=True)
+SPEEDS: dict[SpeedName, SpeedSettings] = {"eager": EAGER, "compiled": COMPILED}
 
 
 def memory_format(speed: SpeedSettings) -> torch.memory_format:

@@ -16,12 +16,9 @@ from anyword.evaluation.grandf import GranDf
 from anyword.evaluation.pascal_context import PascalContext59
 from anyword.evaluation.referring import GRefCoco, RefCoco, RefCocoG, RefCocoPlus
 from anyword.evaluation.run import print_table, run_evaluation
-from anyword.evaluation.shapes_scenes import ShapesReferring, ShapesScenes
-from anyword.evaluation.tasks import Grounded, NoTargetRule, Referring, Semantic, Task
-from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET
-
-SHAPES_PRESET = OFFLINE_PRESET  # the model trained on the shapes world (importing it from
-# anyword.shapes.evaluate would add ~0.3 s to every CLI command)
+from anyword.evaluation.shapes_scenes import SHAPES_DATASET, ShapesReferring, ShapesScenes
+from anyword.evaluation.tasks import REFERENT_CHOICES, Grounded, NoTargetRule, Referring, Semantic, Task
+from anyword.presets import DEFAULT_PRESET, SHAPES_PRESET
 
 
 @dataclass(frozen=True)
@@ -72,8 +69,8 @@ DATASETS = {
         "pc59", "PASCAL-Context 59 classes", lambda o: PascalContext59(o.root, o.split, o.image_root, o.classes),
         PascalContext59.splits, "val",
     ),
-    "shapes": DatasetSpec(
-        "shapes", "synthetic shape scenes (ships with the package)",
+    SHAPES_DATASET: DatasetSpec(
+        SHAPES_DATASET, "synthetic shape scenes (ships with the package)",
         lambda o: ShapesScenes(o.split, o.count, o.image_size), ShapesScenes.splits, "seen", needs_root=False,
         preset=SHAPES_PRESET,
     ),
@@ -117,8 +114,10 @@ def make_task(
 __all__ = [
     "DATASETS",
     "GROUNDED",
+    "REFERENT_CHOICES",
     "REFERRING",
     "SEMANTIC",
+    "SHAPES_DATASET",
     "DatasetOptions",
     "DatasetSpec",
     "EvalDataset",

@@ -36,7 +36,6 @@ class ReferringDataset(EvalDataset):
         self.coco = CocoIndex.read(folder / "instances.json")
         self.image_root = Path(image_root) if image_root else self.root / "images" / "train2014"
         self.refs = {ref["ref_id"]: ref for ref in self._read_refs(folder)}
-        self.refs_source = str(folder)
 
     def _read_refs(self, folder: Path) -> list[dict]:
         pickled = folder / f"{self.refs_name}.p"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from anyword.evaluation.base import GROUNDED, REFERRING, EvalDataset, GroundedTarget, ReferringTarget, Sample
-from anyword.shapes.scenes import NOVEL_NOUNS, SHAPES, SPLITS, make_scene, render
+from anyword.shapes.scenes import NOVEL_NOUNS, SHAPES, SHAPES_DATASET, SPLITS, make_scene, render
 
 
 class _ShapesWorld(EvalDataset):
@@ -24,7 +24,7 @@ class _ShapesWorld(EvalDataset):
 
 
 class ShapesScenes(_ShapesWorld):
-    name = "shapes"
+    name = SHAPES_DATASET
     task = GROUNDED
     splits = SPLITS
 

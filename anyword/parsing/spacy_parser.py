@@ -56,7 +56,6 @@ _FRAME_VERBS = frozenset("show depict feature contain display capture see includ
 @dataclass
 class _Candidate:
     key: str
-    noun_token: object
     mention: Mention
     adjectives: list[str] = field(default_factory=list)
     kind: str = OBJECT
@@ -101,14 +100,11 @@ class SpacyParser:
                 noun=(token.idx, _end(token)),
                 adjectives=tuple((a.text, (a.idx, _end(a))) for a in adjective_tokens),
             )
-            return _Candidate(
-                key=_noun_key(token), noun_token=token, mention=mention, adjectives=[a.text for a in adjective_tokens]
-            )
+            return _Candidate(key=_noun_key(token), mention=mention, adjectives=[a.text for a in adjective_tokens])
         if self.settings.predicates and self._is_predicate(token):
             span = (token.idx, _end(token))
             return _Candidate(
                 key="predicate:" + token.lemma_.lower(),
-                noun_token=token,
                 mention=Mention(span=span, noun=span),
                 kind=PREDICATE,
             )

@@ -36,11 +36,19 @@ class MaskPrediction:
 class Segmenter(Protocol):
     """A promptable segmenter.
 
-    ``embed`` does the per-image work once (e.g. SAM's image encoder) and returns a CPU-storable object that
-    ``segment`` reuses for every concept and every point edit.
+    ``key`` is its key in :data:`anyword.segment.SEGMENTERS` ("sam", "grabcut", ...); ``label`` names the model
+    for people and result files ("sam-vit_h", "sam2-tiny-random"); ``random_weights`` says whether its masks mean
+    nothing. ``embed`` does the per-image work once (e.g. SAM's image encoder) and returns a CPU-storable object
+    that ``segment`` reuses for every concept and every point edit.
     """
 
-    name: str
+    key: str
+    label: str
+    random_weights: bool
+
+    def parameter_count(self) -> int:
+        """Learned parameters (0 for weight-free backends)."""
+        ...
 
     def embed(self, image: np.ndarray) -> Any: ...
 

@@ -24,13 +24,16 @@ class GrabCutSegmenter:
     the shapes world (docs/benchmarks.md).
     """
 
-    name = "grabcut"
+    key = label = "grabcut"
     random_weights = False
 
     def __init__(self, iterations: int = 5, seed_radius: float = 0.03, background_below: float | None = 0.5):
         self.iterations = iterations
         self.seed_radius = seed_radius
         self.background_below = background_below
+
+    def parameter_count(self) -> int:
+        return 0
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         """GrabCut works on the pixels themselves: the "embedding" is the image in OpenCV's BGR order."""

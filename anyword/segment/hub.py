@@ -37,7 +37,7 @@ class HubSegmenter(ABC):
     """A frozen transformers promptable segmenter. ``multimask=True`` asks for three candidate masks and keeps the
     one with the best predicted IoU (as for SAM); points are ``(x, y)`` in original-image pixels."""
 
-    family = "hub"
+    key: str  # each backend's registry key
 
     def __init__(
         self, model, image_processor, size: str, device: torch.device, multimask: bool = True, random_weights=False
@@ -50,8 +50,11 @@ class HubSegmenter(ABC):
         self.random_weights = random_weights
 
     @property
-    def name(self) -> str:
-        return f"{self.family}-{self.size}"
+    def label(self) -> str:
+        return f"{self.key}-{self.size}"
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> HubEmbedding:

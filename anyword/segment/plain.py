@@ -10,7 +10,11 @@ from anyword.segment.base import MaskPrediction, MaskRequest
 class PlainSegmenter:
     """Mask = ``heatmap >= threshold``; score = the mean attention inside the mask. Needs no image embedding."""
 
-    name = "plain"
+    key = label = "plain"
+    random_weights = False
+
+    def parameter_count(self) -> int:
+        return 0
 
     def embed(self, image: np.ndarray) -> tuple[int, int]:
         return image.shape[:2]

@@ -75,9 +75,14 @@ class SamSegmenter:
         self.random_weights = random_weights
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
+    key = "sam"
+
     @property
-    def name(self) -> str:
+    def label(self) -> str:
         return f"sam-{self.model_type}"
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.sam.parameters())
 
     @classmethod
     def load(

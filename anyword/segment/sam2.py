@@ -13,7 +13,7 @@ from anyword.devices import pick_device
 from anyword.downloads import Availability
 from anyword.segment.hub import HubEmbedding, HubSegmenter, load_from_hub, repo_availability, seeded
 
-SAM2_REPOS = {
+REPOS = {
     "large": "facebook/sam2.1-hiera-large",
     "base-plus": "facebook/sam2.1-hiera-base-plus",
     "small": "facebook/sam2.1-hiera-small",
@@ -24,7 +24,7 @@ TINY_INPUT = 128  # toy input side (pixels) of the random-weight test model
 
 
 class Sam2Segmenter(HubSegmenter):
-    family = "sam2"
+    key = "sam2"
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.model.get_image_embeddings(pixels))
@@ -44,7 +44,7 @@ class Sam2Segmenter(HubSegmenter):
 
 
 def load(model: str, weights: str, checkpoint: str | None, device: str | None, seed: int) -> Sam2Segmenter:
-    """Registry entry point (:mod:`anyword.segment`): ``model`` is a key of :data:`SAM2_REPOS` (or, with
+    """Registry entry point (:mod:`anyword.segment`): ``model`` is a key of :data:`REPOS` (or, with
     ``checkpoint``, a local folder in the hub's layout)."""
     from transformers import Sam2ImageProcessor, Sam2Model
 
@@ -58,12 +58,12 @@ def load(model: str, weights: str, checkpoint: str | None, device: str | None, s
         return Sam2Segmenter(
             seeded(seed, lambda: Sam2Model(config)), Sam2ImageProcessor(), f"{model}-random", torch_device, True
         )
-    network, processor = load_from_hub(Sam2Model, Sam2ImageProcessor, checkpoint or SAM2_REPOS[model], WHAT)
+    network, processor = load_from_hub(Sam2Model, Sam2ImageProcessor, checkpoint or REPOS[model], WHAT)
     return Sam2Segmenter(network, processor, model, torch_device)
 
 
 def availability(model: str) -> Availability:
-    return repo_availability(SAM2_REPOS[model], WHAT)
+    return repo_availability(REPOS[model], WHAT)
 
 
 # Hiera sizes of the official SAM 2.1 configs (sam2.1_hiera_{t,s,b+,l}.yaml): for random-weight timing runs.

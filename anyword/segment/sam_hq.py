@@ -14,7 +14,7 @@ from anyword.devices import pick_device
 from anyword.downloads import Availability
 from anyword.segment.hub import HubEmbedding, HubSegmenter, load_from_hub, repo_availability, seeded
 
-SAM_HQ_REPOS = {
+REPOS = {
     "vit_h": "syscv-community/sam-hq-vit-huge",
     "vit_l": "syscv-community/sam-hq-vit-large",
     "vit_b": "syscv-community/sam-hq-vit-base",
@@ -30,7 +30,7 @@ VIT = {
 
 
 class SamHQSegmenter(HubSegmenter):
-    family = "sam-hq"
+    key = "sam-hq"
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         final, intermediate = self.model.get_image_embeddings(pixels)
@@ -54,7 +54,7 @@ class SamHQSegmenter(HubSegmenter):
 
 
 def load(model: str, weights: str, checkpoint: str | None, device: str | None, seed: int) -> SamHQSegmenter:
-    """Registry entry point (:mod:`anyword.segment`): ``model`` is a key of :data:`SAM_HQ_REPOS` (or, with
+    """Registry entry point (:mod:`anyword.segment`): ``model`` is a key of :data:`REPOS` (or, with
     ``checkpoint``, a local folder in the hub's layout)."""
     from transformers import SamHQModel, SamImageProcessor
 
@@ -68,12 +68,12 @@ def load(model: str, weights: str, checkpoint: str | None, device: str | None, s
     if weights == "random":
         network = seeded(seed, lambda: SamHQModel(full_config(model)))
         return SamHQSegmenter(network, SamImageProcessor(), f"{model}-random", torch_device, random_weights=True)
-    network, processor = load_from_hub(SamHQModel, SamImageProcessor, checkpoint or SAM_HQ_REPOS[model], WHAT)
+    network, processor = load_from_hub(SamHQModel, SamImageProcessor, checkpoint or REPOS[model], WHAT)
     return SamHQSegmenter(network, processor, model, torch_device)
 
 
 def availability(model: str) -> Availability:
-    return repo_availability(SAM_HQ_REPOS[model], WHAT)
+    return repo_availability(REPOS[model], WHAT)
 
 
 def full_config(model: str):

@@ -10,7 +10,7 @@ trains at 64 px while evaluation images can be larger. Everything is a pure func
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -24,7 +24,6 @@ COLOURS = {
     "purple": (145, 60, 195),
     "orange": (245, 135, 25),
 }
-SIZE_WORDS = ("small", "big")
 # Words the model never sees in training; the novel split uses them in place of the training words.
 NOVEL_NOUNS = {"circle": "disk", "square": "box", "triangle": "pyramid", "star": "pentagram", "ring": "hoop"}
 NOVEL_COLOURS = {
@@ -36,6 +35,7 @@ NOVEL_COLOURS = {
     "orange": "amber",
 }
 SPLITS = ("train", "seen", "novel")
+SHAPES_DATASET = "shapes"  # the world's scenes as an evaluation dataset (anyword.evaluation.DATASETS)
 _SPLIT_SEED = {"train": 0, "seen": 1, "novel": 2}
 BACKGROUNDS = [(28, 28, 30), (72, 72, 75), (200, 200, 198), (232, 226, 214), (92, 80, 68), (42, 52, 62)]
 # Radius ranges in image widths per size word ("none": the caption gives no size); the shipped model was trained
@@ -77,7 +77,6 @@ class Scene:
     caption: str
     phrases: tuple[Phrase, ...]
     style: str
-    novel_words: tuple[str, ...] = field(default=())
 
 
 def make_scene(
@@ -85,15 +84,13 @@ def make_scene(
     index: int,
     min_shapes: int = 1,
     max_shapes: int = 4,
-    colour_dropout: float = 0.0,
     same_colour: float = 0.0,
 ) -> Scene:
     """Scene ``index`` of ``split`` (deterministic).
 
-    ``colour_dropout``: probability that a phrase names its shape without the colour ("a circle"), so that training
-    makes nouns, not only colour words, carry where a shape is. ``same_colour``: probability that every shape of the
-    scene has one colour (distinct kinds), so that only the nouns tell the shapes apart. Both are drawn from their own
-    random streams: with them at 0 (the default, and what the test splits use) scenes do not change.
+    ``same_colour``: probability that every shape of the scene has one colour (distinct kinds), so that only the
+    nouns tell the shapes apart. It is drawn from its own random stream: at 0 (the default, and what the test splits
+    use) scenes do not change.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -108,29 +105,11 @@ def make_scene(
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     texture = str(rng.choice(["plain", "plain", "noise", "stripes", "checker"]))
     words = [_words_for(shape, split, rng) for shape in shapes]
-    if colour_dropout > 0:
-        dropout = np.random.default_rng([_SPLIT_SEED[split], index, min_shapes, max_shapes, 77])
-        words = [
-            (tuple(a for a in adjectives if a in SIZE_WORDS), noun)
-            if dropout.random() < colour_dropout
-            else (adjectives, noun)
-            for adjectives, noun in words
-        ]
     style = (
         str(rng.choice(["list", "relation", "description"])) if count > 1 else str(rng.choice(["list", "description"]))
     )
     caption, phrases = _caption(shapes, words, style, rng)
-    novel = tuple(
-        sorted(
-            {
-                w
-                for adjectives, noun in words
-                for w in (*adjectives, noun)
-                if w in NOVEL_NOUNS.values() or w in NOVEL_COLOURS.values()
-            }
-        )
-    )
-    return Scene(split, index, tuple(shapes), background, texture, caption, tuple(phrases), style, novel)
+    return Scene(split, index, tuple(shapes), background, texture, caption, tuple(phrases), style)
 
 
 def _place_shapes(rng: np.random.Generator, count: int, one_colour: str | None = None) -> list[Shape]:
@@ -297,9 +276,3 @@ def true_concepts(scene: Scene, caption: str | None = None, extra_nouns: tuple[s
     entries = [{"noun": p.noun, "adjectives": list(p.adjectives), "phrase": p.text} for p in scene.phrases]
     entries += [{"noun": noun, "adjectives": [], "phrase": noun} for noun in extra_nouns]
     return concepts_from_entries(caption, entries)
-
-
-def phrase_masks(scene: Scene, size: int) -> list[tuple[Phrase, np.ndarray]]:
-    """Ground truth: every phrase of the caption with its shape's visible mask at ``size``."""
-    _, masks = render(scene, size)
-    return [(phrase, masks[phrase.shape_index]) for phrase in scene.phrases]

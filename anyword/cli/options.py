@@ -1,0 +1,181 @@
+"""What the subcommands share: exit codes, option groups (models, segmenter, method settings, caption parser,
+output) declared once, and the one translation of options into the library's settings (:func:`overrides_from`;
+:mod:`anyword.cli.runs` builds the pipeline from them).
+
+One word, one meaning: ``--steps`` is always prompt-learning steps, ``--inversion-steps`` DDIM steps, ``--fast``
+Segment Anyword_f (an adapter and the preset's fast budget), ``--compile`` the compiled UNet.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from anyword.cli.values import fraction, non_negative_int, number, positive_float, positive_int, preset_name, seed
+from anyword.flags import DTYPE_CHOICES, DeprecatedFlag
+from anyword.parsing.openai_parser import MAX_TIMEOUT_S
+from anyword.seeds import MAX_SEED
+from anyword.segment import SEGMENTERS, models_help
+
+if TYPE_CHECKING:
+    from anyword.settings import Overrides
+
+EXIT_OK, EXIT_BUG, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader closed the pipe
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+# --- option groups -------------------------------------------------------------------------------------------
+
+
+def add_model_options(parser: argparse.ArgumentParser, preset_help: str, model: bool = True) -> None:
+    """--preset, --model, --device, --dtype, --compile."""
+    group = parser.add_argument_group("models")
+    group.add_argument("--preset", default=None, type=preset_name, help=preset_help)
+    if model:
+        group.add_argument("--model", default=None, help="hub id or local diffusers folder overriding the preset")
+    add_device_options(group)
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled prompt learning, channels-last, no per-step host sync: the same results, sooner on a GPU "
+        "after a one-time compile (`anyword bench --speed` measures it)",
+    )
+    group.add_argument("--fast-path", action=DeprecatedFlag, nargs=0, dest="compile", help=argparse.SUPPRESS)
+
+
+def add_device_options(group) -> None:
+    group.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    group.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="default: fp16 on CUDA, else fp32")
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """--segmenter, --segmenter-model, --segmenter-checkpoint (every choice and size read from the registry)."""
+    group = parser.add_argument_group("segmenter")
+    group.add_argument(
+        "--segmenter", default=None, choices=list(SEGMENTERS), help="mask generator (default: the preset's)"
+    )
+    group.add_argument("--segmenter-model", "--sam-model", default=None, help=f"segmenter size: {models_help()}")
+    if checkpoint:
+        group.add_argument(
+            "--segmenter-checkpoint",
+            "--sam-checkpoint",
+            default=None,
+            help="local weights instead of the download (sam: a .pth file; the others: a hub-layout folder)",
+        )
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The run's settings: prompt learning, inversion, attention, points, R1/R2, seed, adapter."""
+    group = parser.add_argument_group("method (default: the preset's settings)")
+    group.add_argument("--steps", type=non_negative_int, default=None, help="prompt-learning steps (0 disables)")
+    group.add_argument(
+        "--fast",
+        action="store_true",
+        help="Segment Anyword_f: the preset's fast step budget (50 for Stable Diffusion) with a LoRA-adapted text "
+        "encoder (--adapter, else the preset's shipped one; refused when there is none)",
+    )
+    add_adapter_option(group)
+    group.add_argument("--learning-rate", type=positive_float, default=None, help="prompt-learning rate")
+    group.add_argument("--inversion-steps", type=positive_int, default=None, help="DDIM steps (paper: 50)")
+    group.add_argument(
+        "--attention-res",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="attention grids to average (default: the model's grid nearest a quarter of its latent side, 16 for "
+        "Stable Diffusion 1.x)",
+    )
+    group.add_argument("--resize", choices=("stretch", "pad"), default=None, help="image -> square model input")
+    group.add_argument("--threshold", type=fraction, default=None, help="attention threshold (paper: 0.7)")
+    group.add_argument("--points", type=positive_int, default=None, help="points per noun map (paper: 1)")
+    group.add_argument("--sampling", choices=("random", "peak"), default=None, help="point sampling")
+    group.add_argument("--no-r1", action="store_true", help="no positive adjective clustering")
+    group.add_argument("--no-r2", action="store_true", help="no negative mutual-exclusive binding")
+    group.add_argument("--seed", type=seed, default=None, help=f"seed of prompt learning and sampling, 0 to {MAX_SEED}")
+
+
+def add_adapter_option(group) -> None:
+    group.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR|shipped",
+        help="text-encoder adapter folder made by `anyword adapt` (or 'shipped': the preset's own), merged at load",
+    )
+
+
+def add_parser_options(parser: argparse.ArgumentParser) -> None:
+    """--parser and the LLM's model, endpoint and timeout; what counts as a concept."""
+    group = parser.add_argument_group("caption parsing")
+    group.add_argument(
+        "--parser",
+        choices=("spacy", "openai"),
+        default="spacy",
+        help="spaCy (offline, default) or an OpenAI-compatible LLM (key from OPENAI_API_KEY)",
+    )
+    group.add_argument("--predicates", action="store_true", help="also segment verbs such as 'holding' (sec. 3.3)")
+    group.add_argument(
+        "--keep-frame-nouns",
+        action="store_true",
+        help="treat 'image', 'photo', 'scene', 'left', 'background' ... as concepts too",
+    )
+    group.add_argument("--llm-model", default=None, help="LLM name for --parser openai (default gpt-4o)")
+    group.add_argument(
+        "--base-url", default=None, help="OpenAI-compatible server URL (default: OPENAI_BASE_URL, else OpenAI)"
+    )
+    group.add_argument(
+        "--llm-timeout",
+        type=number(float, 0.0, MAX_TIMEOUT_S, low_inclusive=False),
+        default=None,
+        help=f"seconds to wait for the LLM (default 30, at most {MAX_TIMEOUT_S:g})",
+    )
+
+
+def add_output_options(
+    parser: argparse.ArgumentParser, out_help: str | None, required: bool = True, progress: bool = True
+) -> None:
+    """--out (when ``out_help``), --json, --quiet."""
+    if out_help is not None:
+        parser.add_argument("--out", required=required, default=None, metavar="DIR", help=out_help)
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    if progress:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_renamed_option(parser: argparse.ArgumentParser, old: str, new: str, why: str = "") -> None:
+    """``old`` is refused with one line naming ``new`` (for a word that meant something else here before)."""
+    message = f"{old} is {new} here{why}"
+
+    class Refuse(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(message)
+
+    parser.add_argument(old, action=Refuse, nargs="?", help=argparse.SUPPRESS)
+
+
+# --- options -> library --------------------------------------------------------------------------------------
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    """The command line's changes to the preset's settings (options a command lacks count as not given)."""
+    from anyword.settings import FAST, Overrides
+
+    def given(name: str):
+        return getattr(args, name, None)
+
+    return Overrides(
+        quality=FAST if given("fast") else None,
+        learning_steps=given("steps"),
+        learning_rate=given("learning_rate"),
+        inversion_steps=given("inversion_steps"),
+        attention_resolutions=tuple(given("attention_res")) if given("attention_res") else None,
+        resize=given("resize"),
+        seed=given("seed"),
+        threshold=given("threshold"),
+        r1=False if given("no_r1") else None,
+        r2=False if given("no_r2") else None,
+        noun_points=given("points"),
+        sampling=given("sampling"),
+        predicates=True if given("predicates") else None,
+        keep_frame_nouns=True if given("keep_frame_nouns") else None,
+    )

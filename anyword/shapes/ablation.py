@@ -1,0 +1,185 @@
+"""The paper's ablation (Table 6) in the shapes world: ``anyword shapes ablation``.
+
+Every number is a pure function of the split, the scene indices, the shipped weights and the settings, so the
+command reproduces ``docs/benchmarks.md`` exactly on the same software.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from anyword.metrics import (
+    ImageResult,
+    cumulative_iou,
+    default_phrase_match,
+    generalized_iou,
+    grandf_ap50,
+    grandf_miou,
+    grandf_recall,
+    mask_iou,
+)
+from anyword.segment import PLAIN
+from anyword.settings import Overrides, PipelineSettings, apply_overrides
+from anyword.shapes.scenes import SHAPES_DATASET, Scene, make_scene, render
+
+PROMPTABLE = "promptable"  # the pipeline's segmenter (GrabCut by default in the shapes world; --segmenter picks)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: "plain" (the thresholded map) or the pipeline's promptable segmenter, and whether
+    prompt learning, R1 and R2 are on."""
+
+    segmenter: str
+    learning: bool
+    r1: bool
+    r2: bool
+
+    def overrides(self) -> Overrides:
+        """The variant as changes to the run's settings (no learning: 0 steps)."""
+        return Overrides(learning_steps=None if self.learning else 0, r1=self.r1, r2=self.r2)
+
+
+# Mirrors the paper's Table 6 (w/SAM -> a promptable segmenter; by default here the weight-free GrabCut).
+ABLATION = {
+    "plain": Variant(PLAIN, learning=False, r1=False, r2=False),
+    "segmenter": Variant(PROMPTABLE, learning=False, r1=False, r2=False),
+    "pl": Variant(PROMPTABLE, learning=True, r1=False, r2=False),
+    "pl_r1": Variant(PROMPTABLE, learning=True, r1=True, r2=False),
+    "pl_r2": Variant(PROMPTABLE, learning=True, r1=False, r2=True),
+    "full": Variant(PROMPTABLE, learning=True, r1=True, r2=True),
+}
+
+
+def match_concepts(scene: Scene, concepts) -> dict[int, int]:
+    """Ground-truth phrase index -> concept id, for concepts whose phrase names that shape (noun + its words)."""
+    matches: dict[int, int] = {}
+    used: set[int] = set()
+    for index, phrase in enumerate(scene.phrases):
+        for concept in concepts:
+            if concept.id not in used and default_phrase_match(phrase.text, concept.phrase):
+                matches[index] = concept.id
+                used.add(concept.id)
+                break
+    return matches
+
+
+@dataclass
+class _Record:
+    """What one variant collected over the scenes."""
+
+    images: list[ImageResult] = dataclasses.field(default_factory=list)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)
+
+
+def ablation(
+    pipeline,
+    split: str = "seen",
+    n: int = 100,
+    variants: dict[str, Variant] | None = None,
+    image_size: int = 128,
+    start: int = 0,
+    progress: bool = True,
+    settings: PipelineSettings | None = None,
+) -> dict:
+    """Segment scenes ``start .. start+n-1`` of ``split`` with each variant of the full method run by ``pipeline``
+    with ``settings`` (default: the pipeline's); metrics per variant. The diffusion stage runs at most twice per
+    image (with and without prompt learning) and each segmenter embeds each image once: the variants share them."""
+    variants = variants or {"full": ABLATION["full"]}
+    settings = settings or pipeline.settings
+    records = {name: _Record() for name in variants}
+    parsed = found = 0
+    for index in tqdm(range(start, start + n), desc=f"ablation {split}", disable=not progress):
+        scene = make_scene(split, index)
+        image, masks = render(scene, image_size)
+        parse = pipeline.parse(scene.caption)
+        matches = match_concepts(scene, parse.concepts)
+        parsed, found = parsed + len(scene.phrases), found + len(matches)
+        for name, (predicted, seconds) in _segment_variants(pipeline, settings, variants, image, parse).items():
+            record = records[name]
+            record.seconds.append(seconds)
+            record.images.append(
+                ImageResult(
+                    predictions=[predicted[c.id] for c in parse.concepts],
+                    predicted_phrases=[c.phrase for c in parse.concepts],
+                    targets=[masks[p.shape_index] for p in scene.phrases],
+                    target_phrases=[p.text for p in scene.phrases],
+                )
+            )
+            for phrase_index, phrase in enumerate(scene.phrases):
+                concept_id = matches.get(phrase_index)
+                prediction = predicted[concept_id] if concept_id is not None else np.zeros_like(masks[0])
+                record.pairs.append((prediction, masks[phrase.shape_index]))
+    return {
+        "dataset": SHAPES_DATASET,
+        "split": split,
+        "n": n,
+        "scenes": [start, start + n - 1],
+        "image_size": image_size,
+        "adapter": pipeline.adapter.ident if pipeline.adapter is not None else None,
+        "phrases": parsed,
+        "parse_recall": found / parsed if parsed else 0.0,
+        "settings": _reported_settings(settings),
+        "rows": {name: _row(pipeline, variants[name], record) for name, record in records.items()},
+    }
+
+
+def _segment_variants(pipeline, base: PipelineSettings, variants: dict[str, Variant], image: np.ndarray, parse):
+    """``{variant: (masks by concept id, seconds)}`` for one image; attention and embeddings computed once."""
+    attention = {}
+    for learning in sorted({v.learning for v in variants.values()}):
+        started = time.perf_counter()
+        diffusion = apply_overrides(base, Overrides(learning_steps=None if learning else 0)).diffusion
+        attention[learning] = (pipeline.attend(image, parse, diffusion)[0], time.perf_counter() - started)
+    segmenters = {role: _segmenter(pipeline, role) for role in sorted({v.segmenter for v in variants.values()})}
+    embeddings = {role: pipeline.embed(image, segmenter) for role, segmenter in segmenters.items()}
+    results = {}
+    for name, variant in variants.items():
+        result, attention_s = attention[variant.learning]
+        started = time.perf_counter()
+        prompts = pipeline.sample_prompts(result, parse, apply_overrides(base, variant.overrides()).prompts)
+        role = variant.segmenter
+        predicted, _ = pipeline.segment(
+            image, parse, result, prompts, embedding=embeddings[role], segmenter=segmenters[role]
+        )
+        results[name] = (predicted, attention_s + time.perf_counter() - started)
+    return results
+
+
+def _segmenter(pipeline, role: str):
+    return pipeline.segmenter if role == PROMPTABLE else pipeline.get_segmenter(role)
+
+
+def _row(pipeline, variant: Variant, record: _Record) -> dict:
+    return {
+        **dataclasses.asdict(variant),
+        "segmenter": _segmenter(pipeline, variant.segmenter).label,
+        "miou": grandf_miou(record.images),
+        "ciou": cumulative_iou(record.pairs),
+        "giou": generalized_iou(record.pairs),
+        "phrase_iou": float(np.mean([mask_iou(p, t) for p, t in record.pairs])),
+        "ap50": grandf_ap50(record.images),
+        "recall": grandf_recall(record.images),
+        "seconds_per_image": float(np.mean(record.seconds)),
+    }
+
+
+def _reported_settings(settings: PipelineSettings) -> dict:
+    diffusion = settings.diffusion
+    grids = diffusion.attention_resolutions
+    return {
+        "learning_steps": diffusion.learning.steps,
+        "learning_batch": diffusion.learning.batch_size,
+        "learning_rate": diffusion.learning.learning_rate,
+        "learning_timesteps": diffusion.learning.timestep_range,
+        "inversion_steps": diffusion.inversion_steps,
+        "attention_resolutions": list(grids) if grids is not None else None,
+        "attention_timesteps": diffusion.attention_timesteps,
+        "threshold": settings.prompts.threshold,
+    }
