@@ -11,19 +11,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
-import os
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anyword import environment
 from anyword.diffusion.adaptation import (
+    ATTENTION_TARGETS,
     CONFIG_FILE,
     INFO_FILE,
+    MLP_TARGETS,
     WEIGHTS_FILE,
     AdapterError,
     AdapterInfo,
+    read_json_file,
     text_encoder_fingerprint,
 )
 from anyword.diffusion.backbone import Backbone
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from anyword.presets import Preset
 
 SHIPPED = "shipped"  # --adapter shipped: the preset's own adapter
+logger = logging.getLogger(__name__)
+
 ADAPTERS_ENV = "ANYWORD_ADAPTERS"  # a folder of adapter folders the demo lists beside the shipped ones
 
 
@@ -49,8 +54,15 @@ class Adapter:
         return {"id": self.ident, "path": str(self.path), **self.info.to_dict()}
 
 
+MAX_RANK = 1024  # LoRA ranks above this are no low-rank adapter (the paper's is 16); bounds what a file makes us build
+
+
 def read_adapter(path: str | Path) -> Adapter:
-    """Check and describe the adapter in folder ``path`` (nothing is loaded into a model yet)."""
+    """Check and describe the adapter in folder ``path`` (nothing is loaded into a model yet): the three files are
+    regular files (no links, no pickles), the record and peft's config are what this project writes (LoRA, a rank
+    up to :data:`MAX_RANK`, target modules named, not patterns), and the weights are a safetensors file whose
+    tensors are the config's LoRA matrices, of its rank, with finite values. Each problem is one
+    :class:`AdapterError` naming the file and the field or tensor."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise AdapterError(f"adapter folder not found: {folder}")
@@ -60,12 +72,66 @@ def read_adapter(path: str | Path) -> Adapter:
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE, INFO_FILE) if not (folder / name).is_file()]
     if missing:
         raise AdapterError(f"{folder} is not a Segment Anyword adapter: {', '.join(missing)} missing")
-    try:
-        info = AdapterInfo.from_dict(json.loads((folder / INFO_FILE).read_text()))
-    except (ValueError, TypeError) as error:
-        raise AdapterError(f"{folder / INFO_FILE} is unreadable: {error}") from None
+    links = [name for name in (WEIGHTS_FILE, CONFIG_FILE, INFO_FILE) if (folder / name).is_symlink()]
+    if links:
+        raise AdapterError(f"{folder}: {', '.join(links)} is a link; an adapter's files are read only as files")
+    info = AdapterInfo.from_dict(read_json_file(folder / INFO_FILE), str(folder / INFO_FILE))
+    rank, targets = _check_config(folder / CONFIG_FILE)
+    _check_weights(folder / WEIGHTS_FILE, rank, targets)
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
     return Adapter(path=folder, info=info, ident=f"{folder.name}@{digest}")
+
+
+def _check_config(path: Path) -> tuple[int, tuple[str, ...]]:
+    """peft's ``adapter_config.json``: a LoRA of rank 1..MAX_RANK on named modules this project adapts."""
+    config = read_json_file(path)
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: peft's adapter config is a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(f"{path}: 'peft_type' must be 'LORA', not {config.get('peft_type')!r}")
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:
+        raise AdapterError(f"{path}: 'r' (the LoRA rank) must be a whole number from 1 to {MAX_RANK}, not {rank!r}")
+    alpha = config.get("lora_alpha")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise AdapterError(f"{path}: 'lora_alpha' must be a positive number, not {alpha!r}")
+    targets = config.get("target_modules")
+    allowed = ATTENTION_TARGETS + MLP_TARGETS
+    if not isinstance(targets, list) or not targets or not all(t in allowed for t in targets):
+        raise AdapterError(
+            f"{path}: 'target_modules' must be a list of module names from {', '.join(allowed)} (a pattern such as "
+            f"'.*' would adapt every layer), not {targets!r}"
+        )
+    return rank, tuple(targets)
+
+
+def _check_weights(path: Path, rank: int, targets: tuple[str, ...]) -> None:
+    """Every tensor a LoRA matrix of one of ``targets``: ``lora_A`` ``(rank, in)``, ``lora_B`` ``(out, rank)``,
+    finite (read from the safetensors header first, then the values)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            names = list(weights.keys())
+            if not names:
+                raise AdapterError(f"{path} holds no tensors")
+            for name in names:
+                _check_tensor(path, name, weights.get_slice(name).get_shape(), rank, targets)
+            for name in names:
+                if not bool(weights.get_tensor(name).float().isfinite().all()):
+                    raise AdapterError(f"{path}: tensor {name} holds values that are not finite (NaN or infinity)")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"{path} is not a readable safetensors file ({error})") from None
+
+
+def _check_tensor(path: Path, name: str, shape: list[int], rank: int, targets: tuple[str, ...]) -> None:
+    parts = name.split(".")
+    if len(parts) < 4 or parts[-1] != "weight" or parts[-2] not in ("lora_A", "lora_B") or parts[-3] not in targets:
+        raise AdapterError(f"{path}: tensor {name} is not a LoRA matrix of {', '.join(targets)}")
+    expected_axis = 0 if parts[-2] == "lora_A" else 1
+    if len(shape) != 2 or shape[expected_axis] != rank:
+        raise AdapterError(f"{path}: tensor {name} has shape {list(shape)}; a rank-{rank} {parts[-2]} has {rank} "
+                           f"{'rows' if expected_axis == 0 else 'columns'}")  # fmt: skip
 
 
 def resolve_adapter(preset: Preset, adapter: str | Path | Adapter | None) -> Adapter | None:
@@ -118,7 +184,14 @@ def apply_adapter(backbone: Backbone, adapter: Adapter | str | Path) -> Backbone
     encoder = copy.deepcopy(backbone.text_encoder)
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        merged = PeftModel.from_pretrained(encoder, str(adapter.path), is_trainable=False).merge_and_unload()
+        try:
+            merged = PeftModel.from_pretrained(encoder, str(adapter.path), is_trainable=False).merge_and_unload()
+        except (RuntimeError, ValueError, KeyError) as error:  # tensors that do not fit this text encoder
+            first = str(error).strip().splitlines()
+            reason = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
+            raise AdapterError(
+                f"adapter {adapter.ident} does not fit {backbone.name}'s text encoder: {reason}"
+            ) from None
     merged.to(device=backbone.device, dtype=backbone.dtype)
     return dataclasses.replace(
         backbone, text_encoder=merged, source=f"{backbone.source} + adapter {adapter.ident}", adapter=adapter.ident
@@ -131,13 +204,15 @@ def find_adapters(
     """The adapters that can be offered: ``shipped`` (a preset's) and every adapter folder inside ``folder``
     (default ``$ANYWORD_ADAPTERS`` unless ``include_env`` is off). Folders that are not adapters are left out."""
     candidates = [shipped] if shipped is not None else []
-    root = folder or (os.environ.get(ADAPTERS_ENV) if include_env else None)
-    if root and Path(root).is_dir():
+    root = folder or (environment.read(ADAPTERS_ENV, environment.folder, None) if include_env else None)
+    if root and not Path(root).is_dir():
+        logger.warning("%s %s is not a folder; no adapters read from it", ADAPTERS_ENV, root)
+    elif root:
         candidates += sorted(p for p in Path(root).iterdir() if p.is_dir())
     found = []
     for candidate in candidates:
         try:
             found.append(read_adapter(candidate))
-        except AdapterError:
-            continue
+        except AdapterError as error:
+            logger.warning("left out adapter folder %s: %s", candidate, error)
     return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import socket
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
+from anyword import environment
 from anyword.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -97,17 +97,15 @@ def hub_download_blocker(repo: str, what: str) -> str | None:
 
 
 def cache_dir() -> Path:
-    if os.environ.get("ANYWORD_CACHE"):
-        return Path(os.environ["ANYWORD_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "anyword"
+    chosen = environment.read("ANYWORD_CACHE", environment.folder, None)
+    if chosen is not None:
+        return chosen
+    base = environment.read("XDG_CACHE_HOME", environment.folder, Path.home() / ".cache")
+    return base / "anyword"
 
 
 def offline() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-        for v in ("ANYWORD_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    return any(environment.read(name, environment.flag, False) for name in ("ANYWORD_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def sha256_file(path: Path) -> str:

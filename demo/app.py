@@ -8,95 +8,110 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 
+from anyword import environment
+from anyword.errors import SettingsError
 from anyword.flags import DTYPE_CHOICES, DeprecatedFlag
 from anyword.presets import DEFAULT_PRESET, OFFLINE_PRESET
 from anyword.segment import models_help
 from demo.models import demo_presets
 
 
+class _Options:
+    """Adds flags whose defaults come from environment variables, each read by the same parser as its flag (a bad
+    value in either is one ``error:`` line naming it)."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+    def add(self, flag: str, variable: str | tuple[str, ...], parse=environment.text, default=None, **options):
+        names = (variable,) if isinstance(variable, str) else variable
+        try:
+            value = next((v for v in (environment.read(n, parse, None) for n in names) if v is not None), default)
+        except SettingsError as error:
+            self.parser.error(str(error))
+        kind = {} if parse in (environment.flag, environment.text) else {"type": environment.argument_type(parse)}
+        if parse is environment.flag:
+            self.parser.add_argument(flag, action="store_true", default=bool(value), **options)
+        else:
+            self.parser.add_argument(flag, default=value, **kind, **options)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(description="Segment Anyword demo")
-    parser.add_argument(
+    parser = argparse.ArgumentParser(prog="app.py", description="Segment Anyword demo")
+    add = _Options(parser).add
+    add(
         "--preset",
-        default=env("ANYWORD_PRESET", DEFAULT_PRESET),
+        "ANYWORD_PRESET",
+        default=DEFAULT_PRESET,
         choices=demo_presets(),
         help=f"model to start with (default {DEFAULT_PRESET}; {OFFLINE_PRESET} when its weights are unavailable)",
     )
-    parser.add_argument(
+    add(
         "--host",
-        default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+        "GRADIO_SERVER_NAME",
+        default="127.0.0.1",
         help="interface to listen on (0.0.0.0 to serve the network)",
     )
-    parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument(
-        "--share",
-        action="store_true",
-        default=env("ANYWORD_SHARE", "") == "1",
-        help="also serve through a temporary public gradio.live link",
-    )
-    parser.add_argument("--device", default=env("ANYWORD_DEVICE"), help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--dtype", default=env("ANYWORD_DTYPE"), choices=DTYPE_CHOICES)
-    parser.add_argument(
+    add("--port", "GRADIO_SERVER_PORT", environment.whole_number(1), default=7860)
+    add("--share", "ANYWORD_SHARE", environment.flag, help="also serve through a temporary public gradio.live link")
+    add("--device", "ANYWORD_DEVICE", help="cpu, cuda, mps (default: best available)")
+    add("--dtype", "ANYWORD_DTYPE", choices=DTYPE_CHOICES)
+    add(
         "--segmenter-model",
-        "--sam-model",
-        default=env("ANYWORD_SEGMENTER_MODEL") or env("ANYWORD_SAM_MODEL"),
+        ("ANYWORD_SEGMENTER_MODEL", "ANYWORD_SAM_MODEL"),
         help=f"size of the preset's segmenter: {models_help()}",
     )
-    parser.add_argument(
+    add(
         "--gpu-concurrency",
-        type=int,
-        default=int(env("ANYWORD_GPU_CONCURRENCY", "1")),
+        "ANYWORD_GPU_CONCURRENCY",
+        environment.whole_number(1),
+        default=1,
         help="GPU jobs run at once (default 1: the rest queue)",
     )
-    parser.add_argument("--max-file-size", default=env("ANYWORD_MAX_FILE_SIZE", "50mb"))
-    parser.add_argument(
+    add("--max-file-size", "ANYWORD_MAX_FILE_SIZE", default="50mb")
+    add(
         "--llm-base-url",
-        default=env("ANYWORD_LLM_BASE_URL") or env("OPENAI_BASE_URL"),
-        help="the LLM parser's OpenAI-compatible endpoint; the server's OPENAI_API_KEY goes only there "
-        "(default: OpenAI's API)",
+        ("ANYWORD_LLM_BASE_URL", "OPENAI_BASE_URL"),
+        environment.http_url,
+        help="the LLM parser's OpenAI-compatible endpoint (http or https); the server's OPENAI_API_KEY goes only "
+        "there (default: OpenAI's API)",
     )
-    parser.add_argument(
+    add(
         "--allow-visitor-llm-url",
-        action="store_true",
-        default=env("ANYWORD_ALLOW_VISITOR_LLM_URL", "") == "1",
-        help="on a public server, let visitors type their own LLM endpoint (with their own key; private, "
-        "loopback and link-local addresses are refused). Local servers always allow it.",
+        "ANYWORD_ALLOW_VISITOR_LLM_URL",
+        environment.flag,
+        help="on a public server, let visitors type their own LLM endpoint (with their own key; private, loopback "
+        "and link-local addresses are refused). Local servers always allow it.",
     )
-    parser.add_argument(
+    add(
         "--session-ttl",
-        type=float,
-        default=float(env("ANYWORD_SESSION_TTL", "3600")),
+        "ANYWORD_SESSION_TTL",
+        environment.positive_seconds,
+        default=3600.0,
         help="seconds after its last action that a session's state and download are deleted (default 3600)",
     )
-    parser.add_argument(
+    add(
         "--max-sessions",
-        type=int,
-        default=int(env("ANYWORD_MAX_SESSIONS", "1000")),
+        "ANYWORD_MAX_SESSIONS",
+        environment.whole_number(1),
+        default=1000,
         help="sessions whose state the server keeps; past it the least recently used is dropped (default 1000)",
     )
-    parser.add_argument(
+    add(
         "--compile",
-        action="store_true",
-        default=env("ANYWORD_COMPILE", "") == "1" or env("ANYWORD_FAST_PATH", "") == "1",  # the old name, deprecated
+        ("ANYWORD_COMPILE", "ANYWORD_FAST_PATH"),
+        environment.flag,  # FAST_PATH: the old name
         help="compiled prompt learning, channels-last, no per-step host sync (same results; a one-time compile)",
     )
     parser.add_argument("--fast-path", action=DeprecatedFlag, nargs=0, dest="compile", help=argparse.SUPPRESS)
-    parser.add_argument(
+    add(
         "--warm-up",
-        action="store_true",
-        default=env("ANYWORD_WARM_UP", "") == "1",
+        "ANYWORD_WARM_UP",
+        environment.flag,
         help="load the models and run one short analysis before serving (pays loading and the compile once)",
     )
-    args = parser.parse_args(argv)
-    if args.max_sessions < 1:
-        parser.error(f"--max-sessions must be at least 1, got {args.max_sessions}")
-    if not (args.session_ttl > 0 and math.isfinite(args.session_ttl)):
-        parser.error(f"--session-ttl must be a positive number of seconds, got {args.session_ttl}")
-    return args
+    return parser.parse_args(argv)  # fmt: skip
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -104,7 +119,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def is_public(args: argparse.Namespace) -> bool:
     """Whether people other than the operator can reach the page: another interface, a share link, a Space."""
-    return args.share or args.host not in LOCAL_HOSTS or bool(os.environ.get("SPACE_ID"))
+    return args.share or args.host not in LOCAL_HOSTS or bool(environment.read("SPACE_ID", environment.text, ""))
 
 
 def main(argv=None) -> None:

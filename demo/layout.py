@@ -4,12 +4,12 @@ them). Components that feed a request are named like the request's fields (:mod:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from anyword import environment
 from anyword.adapters import Adapter
 from anyword.presets import get_preset
 from demo import choices
@@ -138,7 +138,7 @@ def _input_column(preset: str, visitor_llm_urls: bool) -> dict:
     )
     parser = gr.Radio(choices.PARSERS, value=choices.SPACY, label="Parser")
     with gr.Accordion("LLM parser settings", open=False):
-        key_hint = "set in OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else "sk-..."
+        key_hint = "set in OPENAI_API_KEY" if environment.read("OPENAI_API_KEY", environment.text, "") else "sk-..."
         api_key = gr.Textbox(
             type="password", label="API key (used for this request only, never stored)", placeholder=key_hint
         )

@@ -59,7 +59,7 @@ def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary == json.loads((run / "summary.json").read_text())
-    assert summary["counts"] == {"done": 5, "reused": 0, "failed": 0, "missing": 0}
+    assert summary["counts"] == {"done": 5, "reused": 0, "failed": 0, "missing": 0, "unscored": 0, "dropped_records": 0}
     assert summary["settings"]["diffusion"]["learning"]["steps"] == 2 and summary["models"]["preset"] == "shapes"
     assert summary["evaluation"]["no_target"]["enabled"] is True  # on by default for gRefCOCO
     assert "cIoU" in done.stderr and "N_acc" in done.stderr  # the table
@@ -76,7 +76,7 @@ def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     again = anyword(*command, "--out", str(run), "--json")  # resume: nothing left to compute
     assert again.returncode == 0, again.stderr
     resumed = json.loads(again.stdout)
-    assert resumed["counts"] == {"done": 0, "reused": 5, "failed": 0, "missing": 0}
+    assert resumed["counts"] == {"done": 0, "reused": 5, "failed": 0, "missing": 0, "unscored": 0, "dropped_records": 0}
     assert resumed["metrics"] == summary["metrics"]
 
     kept = (run / "predictions.jsonl").read_text().splitlines()
@@ -128,12 +128,12 @@ def test_a_failing_sample_is_recorded_and_retried(grefcoco, tmp_path):
         summary = _run(dataset, tmp_path / "run")
     finally:
         moved.rename(image)
-    assert summary["counts"] == {"done": 4, "reused": 0, "failed": 1, "missing": 0}
+    assert summary["counts"] == {"done": 4, "reused": 0, "failed": 1, "missing": 0, "unscored": 0, "dropped_records": 0}
     failed = [r for r in lines(tmp_path / "run") if "error" in r]
     assert [r["key"] for r in failed] == ["sent 140"] and "COCO_train2014_000000000002.jpg" in failed[0]["error"]
     assert summary["failures"] == [{"key": "sent 140", "error": failed[0]["error"]}]
     retried = _run(dataset, tmp_path / "run")
-    assert retried["counts"] == {"done": 1, "reused": 4, "failed": 0, "missing": 0}
+    assert retried["counts"] == {"done": 1, "reused": 4, "failed": 0, "missing": 0, "unscored": 0, "dropped_records": 0}
 
 
 def test_refcoco_grandf_and_pc59_runs(tmp_path):

@@ -69,15 +69,51 @@ class AdapterInfo:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> AdapterInfo:
+    def from_dict(cls, data: object, where: str = INFO_FILE) -> AdapterInfo:
+        """The record as read from ``where``; :class:`AdapterError` naming the file and the field otherwise."""
+        if not isinstance(data, dict):
+            raise AdapterError(f"{where}: an adapter record is a JSON object, not {type(data).__name__}")
         if data.get("format") != FORMAT:
-            raise AdapterError(f"not a Segment Anyword adapter record (format {data.get('format')!r})")
+            raise AdapterError(f"{where}: not a Segment Anyword adapter record (format {data.get('format')!r})")
+        for name, kinds in _INFO_FIELDS.items():
+            if name in data and not _is(data[name], kinds):
+                expected = " or ".join(k.__name__ for k in kinds)
+                raise AdapterError(f"{where}: {name!r} must be {expected}, not {data[name]!r}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        if missing:
+            raise AdapterError(f"{where}: {', '.join(repr(m) for m in missing)} missing")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["targets"] = tuple(values.get("targets", ()))
         if values.get("timestep_range") is not None:
             values["timestep_range"] = tuple(values["timestep_range"])
         return cls(**values)
+
+
+def read_json_file(path: Path) -> object:
+    """The JSON in an adapter folder's file; :class:`AdapterError` naming it when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdapterError(f"{path} is unreadable: {error}") from None
+
+
+def _is(value, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if isinstance(value, list) and list in kinds:
+        return all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+    return isinstance(value, kinds)
+
+
+# The record's fields and what each may hold (JSON types).
+_INFO_FIELDS = {
+    "base": (str,), "base_source": (str,), "base_fingerprint": (str,), "rank": (int,), "alpha": (int, float),
+    "targets": (list,), "steps": (int,), "batch_size": (int,), "learning_rate": (int, float), "seed": (int,),
+    "pairs_source": (str,), "pairs_used": (int,), "pairs_skipped": (int,), "final_loss": (int, float, type(None)),
+    "seconds": (int, float, type(None)), "timestep_range": (list, type(None)), "extra": (dict,),
+}  # fmt: skip
 
 
 def text_encoder_fingerprint(text_encoder) -> str:
@@ -275,7 +311,7 @@ def _finished(out: Path, record: dict) -> AdapterInfo | None:
         if out.is_dir() and any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
             raise AdapterError(f"{out} holds files that are not an adapter; choose an empty or new folder")
         return None
-    info = AdapterInfo.from_dict(json.loads(info_path.read_text()))
+    info = AdapterInfo.from_dict(read_json_file(info_path), str(info_path))
     if info.extra.get("record") != record:
         raise AdapterError(f"{out} holds an adapter trained with other settings or pairs; choose another folder")
     return info

@@ -28,7 +28,8 @@ class Sample:
     ``key`` is unique and stable within the dataset split (it keys resumed runs); ``ids`` carries the dataset's own
     ids (``sent_id``, ``ref_id``, ``image_id``); ``image`` the image file; ``caption`` the text the pipeline reads;
     ``phrases`` the concepts to segment when the dataset fixes them (semantic classes), else empty (the caption is
-    parsed).
+    parsed). ``problem`` says what is wrong with the dataset's record of it (a field missing or malformed): such a
+    sample is recorded as failed, with that message, and the run goes on.
     """
 
     key: str
@@ -36,6 +37,7 @@ class Sample:
     image: Path | None
     caption: str
     phrases: tuple[str, ...] = ()
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class ReferringTarget:
     mask: np.ndarray
     empty: bool = False
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.mask.shape
+
 
 @dataclass(frozen=True)
 class GroundedTarget:
@@ -53,6 +59,10 @@ class GroundedTarget:
     masks: tuple[np.ndarray, ...]
     phrases: tuple[str, ...]
 
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self.masks[0].shape if self.masks else None
+
 
 @dataclass(frozen=True)
 class SemanticTarget:
@@ -60,6 +70,10 @@ class SemanticTarget:
 
     labels: np.ndarray
     class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.labels.shape
 
 
 class EvalDataset(ABC):
@@ -86,6 +100,21 @@ class EvalDataset(ABC):
         from anyword.images import load_image
 
         return load_image(sample.image)
+
+    def image_size(self, sample: Sample) -> tuple[int, int]:
+        """``(height, width)`` of the sample's image without decoding it (what its masks must measure): here from
+        the file's header; loaders that declare sizes (COCO) answer from their records."""
+        from PIL import Image
+
+        from anyword.images import check_image_path
+
+        check_image_path(sample.image)
+        try:
+            with Image.open(sample.image) as image:
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise AnywordError(f"{sample.image} is not a readable image ({type(error).__name__})") from None
+        return height, width
 
     @abstractmethod
     def target(self, sample: Sample):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from anyword.errors import AnywordError
 from anyword.evaluation.base import GROUNDED, EvalDataset, GroundedTarget, Sample, image_path
-from anyword.evaluation.coco import CocoIndex, DatasetError, read_json
+from anyword.evaluation.coco import CocoIndex, DatasetError, is_id, read_json
 
 
 class GranDf(EvalDataset):
+    """GranDf's images in the caption file's order; an image whose caption, mask file entry or phrases are missing
+    or malformed fails with a message naming the file, the record and the field, and the others run."""
+
     name = "grandf"
     task = GROUNDED
     splits = ("val", "test")
@@ -22,35 +26,48 @@ class GranDf(EvalDataset):
         super().__init__(split)
         folder = Path(root) / "annotations" / "val_test"
         self.masks = CocoIndex.read(folder / f"{split}_gcg_coco_mask_gt.json")
-        captions = read_json(folder / f"{split}_gcg_coco_caption_gt.json", "GranDf caption file")
+        self.captions_file = folder / f"{split}_gcg_coco_caption_gt.json"
+        captions = read_json(self.captions_file, "GranDf caption file")
+        if not isinstance(captions, dict) or not all(
+            isinstance(captions.get(key, []), list) for key in ("images", "annotations")
+        ):
+            raise DatasetError(f"{self.captions_file}: not a GranDf caption file (an object with 'images' and "
+                               f"'annotations' lists)")  # fmt: skip
         self.image_root = Path(image_root) if image_root else Path(root) / "GranDf_HA_images" / "val_test"
-        self.captions = {ann["image_id"]: ann for ann in captions.get("annotations", [])}
-        self.order = [image["id"] for image in captions.get("images", [])]
+        records = [a for a in captions.get("annotations", []) if isinstance(a, dict) and is_id(a.get("image_id"))]
+        self.captions = {a["image_id"]: a for a in records}
+        self.order = [image.get("id") for image in captions.get("images", []) if isinstance(image, dict)]
         self.by_image: dict = {}
         for annotation_id, annotation in self.masks.annotations.items():
-            self.by_image.setdefault(annotation["image_id"], []).append(annotation_id)
+            if is_id(annotation.get("image_id")):
+                self.by_image.setdefault(annotation["image_id"], []).append(annotation_id)
 
     def samples(self) -> list[Sample]:
-        samples = []
-        for image_id in self.order:
-            caption = self.captions.get(image_id)
-            image = self.masks.images.get(image_id)
-            if caption is None or image is None:
-                raise DatasetError(f"GranDf image {image_id} has no caption or no entry in the mask file")
-            samples.append(
-                Sample(
-                    key=f"image {image_id}",
-                    ids={"image_id": image_id},
-                    image=image_path(self.image_root, image.get("file_name", f"{image_id}.jpg")),
-                    caption=caption["caption"],
-                )
-            )
-        return samples
+        return [self._sample(image_id) for image_id in self.order]
+
+    def _sample(self, image_id) -> Sample:
+        ids = {"image_id": image_id}
+        where = f"{self.captions_file.name} image {image_id}"
+        caption = self.captions.get(image_id) if is_id(image_id) else None
+        if caption is None or not isinstance(caption.get("caption"), str):
+            return Sample(f"image {image_id}", ids, None, "", problem=f"{where}: no 'caption' text")
+        try:
+            file_name = self.masks.image(image_id).get("file_name", f"{image_id}.jpg")
+            image = image_path(self.image_root, file_name if isinstance(file_name, str) else "")
+        except AnywordError as error:
+            return Sample(f"image {image_id}", ids, None, caption["caption"], problem=str(error))
+        return Sample(f"image {image_id}", ids, image, caption["caption"])
+
+    def image_size(self, sample: Sample) -> tuple[int, int]:
+        return self.masks.image_size(sample.ids["image_id"])
 
     def target(self, sample: Sample) -> GroundedTarget:
         image_id = sample.ids["image_id"]
-        masks = tuple(self.masks.mask(annotation_id) for annotation_id in self.by_image.get(image_id, []))
-        phrases = tuple(self.captions[image_id].get("labels", []))
+        size = self.image_size(sample)
+        masks = tuple(self.masks.mask(annotation_id, size) for annotation_id in self.by_image.get(image_id, []))
+        phrases = self.captions[image_id].get("labels", [])
+        if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+            raise DatasetError(f"{self.captions_file.name} image {image_id}: 'labels' must be a list of phrases")
         if len(phrases) != len(masks):
             raise DatasetError(f"GranDf image {image_id}: {len(masks)} masks but {len(phrases)} phrases")
-        return GroundedTarget(masks, phrases)
+        return GroundedTarget(masks, tuple(phrases))

@@ -13,6 +13,7 @@ as such in the summary.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,18 +79,39 @@ class PascalContext59(EvalDataset):
         return tuple(PC59_CLASSES[k] for k in present if k != IGNORE)
 
     def target(self, sample: Sample) -> SemanticTarget:
-        from PIL import Image
-
         path = image_path(self.labels_root, f"{sample.ids['image_id']}.png")
-        if not path.is_file():
-            raise DatasetError(f"label map not found: {path}")
-        with Image.open(path) as label_image:
-            raw = np.array(label_image).astype(np.int64)
+        raw = read_label_map(path)
         labels = np.where((raw >= 1) & (raw <= len(PC59_CLASSES)), raw - 1, IGNORE)
         return SemanticTarget(labels.astype(np.int64), PC59_CLASSES)
 
     def describe(self) -> dict:
         return {**super().describe(), "classes": self.classes, "names_per_caption": NAMES_PER_CAPTION}
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """A label map PNG as ``(H, W)`` int64, its size checked from the header (the image limit) before decoding."""
+    from PIL import Image
+
+    from anyword.images import MAX_IMAGE_PIXELS, check_image_path
+
+    if not path.is_file():
+        raise DatasetError(f"label map not found: {path}")
+    check_image_path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower; checked next
+            label_image = Image.open(path)
+        with label_image:
+            width, height = label_image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                limit = f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP"
+                raise DatasetError(f"label map {path.name} is {width}x{height}, over the {limit} limit")
+            raw = np.array(label_image)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"label map {path.name} is not a readable PNG ({type(error).__name__})") from None
+    if raw.ndim != 2:
+        raise DatasetError(f"label map {path.name} has {raw.ndim} dimensions; a label map has one channel")
+    return raw.astype(np.int64)
 
 
 def caption_chunks(class_names: tuple[str, ...], size: int = NAMES_PER_CAPTION) -> list[tuple[str, ...]]:

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from anyword.errors import AnywordError
 from anyword.evaluation.base import REFERRING, EvalDataset, ReferringTarget, Sample, image_path
-from anyword.evaluation.coco import CocoIndex, DatasetError, read_json
+from anyword.evaluation.coco import CocoIndex, DatasetError, is_id, read_json
 from anyword.evaluation.safe_pickle import load_plain_pickle
 
 NO_TARGET = -1
 
 
 class ReferringDataset(EvalDataset):
-    """Refs + COCO instances: the shared part of gRefCOCO and the RefCOCO family."""
+    """Refs + COCO instances: the shared part of gRefCOCO and the RefCOCO family. A ref, sentence or image record
+    with a missing or malformed field makes its samples fail with a message naming the file, the record and the
+    field; the other samples run."""
 
     task = REFERRING
     folder: str = ""
@@ -40,8 +43,8 @@ class ReferringDataset(EvalDataset):
     def _read_refs(self, folder: Path) -> list[dict]:
         pickled = folder / f"{self.refs_name}.p"
         refs = load_plain_pickle(pickled) if pickled.is_file() else read_json(folder / f"{self.refs_name}.json", "refs")
-        if not isinstance(refs, list) or not all(isinstance(ref, dict) and "ref_id" in ref for ref in refs):
-            raise DatasetError(f"{folder}: the refs file is not a list of refs with ref_id")
+        if not isinstance(refs, list) or not all(isinstance(ref, dict) and is_id(ref.get("ref_id")) for ref in refs):
+            raise DatasetError(f"{folder}: the refs file is not a list of refs with a ref_id each")
         return refs
 
     @property
@@ -49,37 +52,49 @@ class ReferringDataset(EvalDataset):
         return f"refs({self.split_by})"
 
     def samples(self) -> list[Sample]:
+        return [s for ref in self.refs.values() if ref.get("split") == self.split for s in self._ref_samples(ref)]
+
+    def _ref_samples(self, ref: dict) -> list[Sample]:
+        """One sample per sentence of ``ref`` (a failing one, naming the field, where the record is malformed)."""
+        where = f"{self.refs_name} ref {ref['ref_id']}"
+        image_id = ref.get("image_id")
+        ids = {"ref_id": ref["ref_id"], "image_id": image_id}
+        sentences = ref.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            return [Sample(f"ref {ref['ref_id']}", ids, None, "", problem=f"{where}: no 'sentences' list")]
+        try:
+            image, problem = image_path(self.image_root, self.coco.file_name(image_id)), None
+        except AnywordError as error:
+            image, problem = None, f"{where}: {error}"
         samples = []
-        for ref in self.refs.values():
-            if ref.get("split") != self.split:
+        for index, sentence in enumerate(sentences):
+            if (
+                not isinstance(sentence, dict)
+                or not is_id(sentence.get("sent_id"))
+                or not isinstance(sentence.get("sent"), str)
+            ):
+                reason = f"{where} sentence {index}: needs a 'sent_id' and a 'sent' text"
+                samples.append(Sample(f"ref {ref['ref_id']} sentence {index}", ids, None, "", problem=reason))
                 continue
-            image = self.coco.images.get(ref["image_id"])
-            if image is None:
-                raise DatasetError(f"ref {ref['ref_id']} names image {ref['image_id']}, absent from instances.json")
-            for sentence in ref["sentences"]:
-                samples.append(
-                    Sample(
-                        key=f"sent {sentence['sent_id']}",
-                        ids={"sent_id": sentence["sent_id"], "ref_id": ref["ref_id"], "image_id": ref["image_id"]},
-                        image=image_path(self.image_root, image["file_name"]),
-                        caption=sentence["sent"],
-                    )
-                )
+            sent_id = sentence["sent_id"]
+            sample_ids = {"sent_id": sent_id, **ids}
+            samples.append(Sample(f"sent {sent_id}", sample_ids, image, sentence["sent"], problem=problem))
         return samples
+
+    def image_size(self, sample: Sample) -> tuple[int, int]:
+        return self.coco.image_size(self.refs[sample.ids["ref_id"]].get("image_id"))
 
     def target(self, sample: Sample) -> ReferringTarget:
         ref = self.refs[sample.ids["ref_id"]]
-        height, width = self.coco.image_size(ref["image_id"])
-        annotation_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
+        height, width = self.image_size(sample)
+        annotation_ids = ref.get("ann_id") if isinstance(ref.get("ann_id"), list) else [ref.get("ann_id")]
         if annotation_ids == [NO_TARGET]:
             return ReferringTarget(np.zeros((height, width), dtype=bool), empty=True)
         merged = np.zeros((height, width), dtype=bool)
         for annotation_id in annotation_ids:
-            if annotation_id not in self.coco.annotations:
-                raise DatasetError(f"ref {ref['ref_id']} names annotation {annotation_id}, absent from instances.json")
-            if self._skip(self.coco.annotations[annotation_id]):
+            if self._skip(self.coco.annotation(annotation_id)):
                 continue
-            merged |= self.coco.mask(annotation_id)
+            merged |= self.coco.mask(annotation_id, (height, width))
         return ReferringTarget(merged, empty=False)
 
     def _skip(self, annotation: dict) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from anyword import environment
 from anyword.errors import AnywordError
 from anyword.evaluation.base import EvalDataset, Sample
 from anyword.evaluation.tasks import Task
@@ -54,13 +55,13 @@ _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_
 def current_processes() -> tuple[Processes, object | None]:
     """The rank and number of processes from accelerate (1 process when not launched by a multi-process
     launcher), and accelerate's state. Without a GPU the processes talk over gloo on the CPU."""
-    if max(int(os.environ.get(name, "1")) for name in _WORLD_SIZE_VARIABLES) <= 1:
+    if max(environment.read(name, environment.whole_number(1), 1) for name in _WORLD_SIZE_VARIABLES) <= 1:
         return Processes(), None
     import torch
     from accelerate import PartialState
 
     state = PartialState(
-        cpu=not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        cpu=not torch.cuda.is_available() or environment.read("ACCELERATE_USE_CPU", environment.flag, False)
     )
     return Processes(state.process_index, state.num_processes), state
 
@@ -92,7 +93,14 @@ def check_run_folder(out: Path, identity: dict) -> None:
     """Refuse a folder holding another run (or anything else); record this run's identity in a new one."""
     record = out / RUN_FILE
     if record.is_file():
-        earlier = json.loads(record.read_text())
+        try:
+            earlier = json.loads(record.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise AnywordError(
+                f"{record} is not a run record ({error}); use another --out folder (or delete it)"
+            ) from None
+        if not isinstance(earlier, dict):
+            raise AnywordError(f"{record} is not a run record (not an object); use another --out folder (or delete it)")
         if earlier != identity:
             changed = sorted(k for k in identity.keys() | earlier.keys() if identity.get(k) != earlier.get(k))
             raise AnywordError(
@@ -106,24 +114,51 @@ def check_run_folder(out: Path, identity: dict) -> None:
 
 def read_records(out: Path, skip_invocation: str | None = None) -> dict[str, dict]:
     """Every record in the folder by sample key: a success wins over a failure, a later line over an earlier one.
-    A line cut short (the process was killed while writing it) is skipped; so are the parts of
-    ``skip_invocation`` (the running one, which other processes may be writing)."""
+    A line that is not a record (cut short when a process was killed, not UTF-8 or JSON, not an object with a
+    text ``key``) is skipped; so are the parts of ``skip_invocation`` (the running one, which other processes may
+    be writing)."""
     records: dict[str, dict] = {}
     parts = sorted((out / PARTS).glob("*.jsonl")) if out.is_dir() else []
     parts = [f for f in parts if skip_invocation is None or not f.name.startswith(f"{skip_invocation}-")]
-    files = [out / PREDICTIONS, *parts]
-    for file in files:
+    for file in [out / PREDICTIONS, *parts]:
         if not file.is_file():
             continue
-        for line in file.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        for line in file.read_bytes().splitlines():
+            record = _record(line)
+            if record is None:
                 continue
-            known = records.get(record.get("key"))
+            known = records.get(record["key"])
             if known is None or "error" in known or "error" not in record:
                 records[record["key"]] = record
     return records
+
+
+def _record(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        return None
+    if "error" in record and not isinstance(record["error"], str):
+        return None
+    return record
+
+
+def usable_records(records: dict[str, dict], dataset: EvalDataset, task: Task, samples: list[Sample]) -> int:
+    """Drop from ``records`` the successes that are not well-formed predictions for their sample's image (a
+    field missing, a mask of another size); returns how many were dropped (their samples are computed again)."""
+    dropped = 0
+    for sample in samples:
+        record = records.get(sample.key)
+        if record is None or "error" in record:
+            continue
+        try:
+            task.check(record, dataset.image_size(sample))
+        except AnywordError:
+            del records[sample.key]
+            dropped += 1
+    return dropped
 
 
 def evaluate_sample(pipeline, settings, dataset: EvalDataset, task: Task, sample: Sample, rank: int = 0) -> dict:
@@ -132,12 +167,25 @@ def evaluate_sample(pipeline, settings, dataset: EvalDataset, task: Task, sample
     record = {"key": sample.key, **sample.ids, "caption": sample.caption, "rank": rank}
     started = time.perf_counter()
     try:
+        if sample.problem:
+            raise AnywordError(sample.problem)
         image = dataset.image(sample)
+        check_truth(dataset, sample, image)  # before the model runs: a sample that cannot be scored is not run
         record.update(task.predict(pipeline, settings, dataset, sample, image))
     except Exception as error:  # one bad sample is recorded; the others go on
         record["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, AnywordError) else str(error)
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record
+
+
+def check_truth(dataset: EvalDataset, sample: Sample, image) -> None:
+    """The sample's ground truth reads, and measures as its image file does."""
+    truth = dataset.target(sample).size
+    if truth is not None and truth != image.shape[:2]:
+        raise AnywordError(
+            f"{sample.key}: the image file is {image.shape[1]}x{image.shape[0]} but its ground truth "
+            f"{truth[1]}x{truth[0]} (the dataset declares another size)"
+        )
 
 
 def run_evaluation(
@@ -159,6 +207,7 @@ def run_evaluation(
     identity = run_identity(dataset, task, settings, pipeline.models())
     invocation = _start(out, identity, processes, state)
     before = read_records(out, skip_invocation=invocation)
+    usable_records(before, dataset, task, samples)
     reused = {s.key for s in samples if s.key in before and "error" not in before[s.key]}
     todo = [s for s in samples if s.key not in reused]
     mine = todo[processes.rank :: processes.world]
@@ -212,6 +261,7 @@ def _wait_for_parts(parts: Path, invocation: str, world: int) -> None:
 
 def _merge_and_score(out, dataset, task, samples, reused, identity, world) -> dict:
     records = read_records(out)
+    dropped = usable_records(records, dataset, task, samples)
     order = {s.key: i for i, s in enumerate(dataset.samples())}
     lines = sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
     _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in lines))
@@ -219,17 +269,19 @@ def _merge_and_score(out, dataset, task, samples, reused, identity, world) -> di
         for file in (out / PARTS).iterdir():
             file.unlink()
         (out / PARTS).rmdir()
-    summary = summarize(dataset, task, samples, records, reused, identity, world)
+    summary = summarize(dataset, task, samples, records, reused, identity, world, dropped)
     _write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     return summary
 
 
-def summarize(dataset, task, samples, records, reused, identity, world) -> dict:
-    """The summary of ``samples`` from their records: counts, metrics (official names, fractions)."""
+def summarize(dataset, task, samples, records, reused, identity, world, dropped: int = 0) -> dict:
+    """The summary of ``samples`` from their records: counts, metrics (official names, fractions) over the records
+    that could be scored, the failures and the records left unscored with their reasons."""
     chosen = [records[s.key] for s in samples if s.key in records]
     ok = [r for r in chosen if "error" not in r]
     by_key = {s.key: s for s in samples}
-    seconds = [r["seconds"] for r in ok if r["key"] not in reused]
+    seconds = [r["seconds"] for r in ok if r["key"] not in reused and isinstance(r.get("seconds"), int | float)]
+    metrics, unscored = task.metrics(dataset, by_key, ok)
     return {
         **identity,
         "data": dataset.describe(),
@@ -239,9 +291,12 @@ def summarize(dataset, task, samples, records, reused, identity, world) -> dict:
             "reused": len(reused),
             "failed": len(chosen) - len(ok),
             "missing": len(samples) - len(chosen),
+            "unscored": len(unscored),
+            "dropped_records": dropped,
         },
         "failures": [{"key": r["key"], "error": r["error"]} for r in chosen if "error" in r][:50],
-        "metrics": task.metrics(dataset, by_key, ok),
+        "unscored": unscored[:50],
+        "metrics": metrics,
         "seconds_per_sample": sum(seconds) / len(seconds) if seconds else None,
         "processes": world,
     }

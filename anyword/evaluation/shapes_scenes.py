@@ -14,13 +14,16 @@ class _ShapesWorld(EvalDataset):
 
     def __init__(self, split: str, count: int, image_size: int = 128):
         super().__init__(split)
-        self.count, self.image_size = count, image_size
+        self.count, self.side = count, image_size
 
     def image(self, sample: Sample) -> np.ndarray:
-        return render(make_scene(self.split, sample.ids["scene"]), self.image_size)[0]
+        return render(make_scene(self.split, sample.ids["scene"]), self.side)[0]
+
+    def image_size(self, sample: Sample) -> tuple[int, int]:  # every scene has the one size
+        return self.side, self.side
 
     def describe(self) -> dict:
-        return {**super().describe(), "image_size": self.image_size}
+        return {**super().describe(), "image_size": self.side}
 
 
 class ShapesScenes(_ShapesWorld):
@@ -36,7 +39,7 @@ class ShapesScenes(_ShapesWorld):
 
     def target(self, sample: Sample) -> GroundedTarget:
         scene = make_scene(self.split, sample.ids["scene"])
-        _, masks = render(scene, self.image_size)
+        _, masks = render(scene, self.side)
         return GroundedTarget(tuple(masks[p.shape_index] for p in scene.phrases), tuple(p.text for p in scene.phrases))
 
 
@@ -64,7 +67,7 @@ class ShapesReferring(_ShapesWorld):
 
     def target(self, sample: Sample) -> ReferringTarget:
         scene = make_scene(self.split, sample.ids["scene"])
-        _, masks = render(scene, self.image_size)
+        _, masks = render(scene, self.side)
         if sample.key.endswith("absent"):
             return ReferringTarget(np.zeros_like(masks[0]), empty=True)
         return ReferringTarget(masks[scene.phrases[0].shape_index], empty=False)

@@ -1,7 +1,9 @@
-"""Per task: turn one pipeline run into a prediction record (JSON, masks as COCO RLE at the image's size), and
-score a list of records against the dataset's ground truth with the official metrics.
+"""Per task: turn one pipeline run into a prediction record (JSON, masks as COCO RLE at the image's size), check a
+record read back from a run folder, and score records against the dataset's ground truth with the official metrics.
 
-Records are what ``predictions.jsonl`` holds, so the metrics are a function of that file and the dataset alone.
+Records are what ``predictions.jsonl`` holds, so the metrics are a function of that file and the dataset alone. A
+record that cannot be scored (its ground truth is malformed, its mask the wrong size) is left out of the metrics
+and listed with the reason; the others are scored.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from anyword.errors import NoConceptError
+from anyword.errors import AnywordError, NoConceptError
 from anyword.evaluation.base import GROUNDED, IGNORE, REFERRING, SEMANTIC, EvalDataset, Sample
+from anyword.evaluation.coco import DatasetError
 from anyword.evaluation.pascal_context import caption_chunks, caption_name
 from anyword.metrics import (
     ImageResult,
@@ -26,6 +29,7 @@ from anyword.metrics import (
     semantic_miou,
 )
 from anyword.parsing.concepts import Concept, Mention, ParseResult
+from anyword.rle import check_size as check_rle_size
 from anyword.rle import decode as rle_mask
 from anyword.rle import encode as coco_rle
 
@@ -93,18 +97,62 @@ def fixed_parse(caption_names: tuple[str, ...]) -> ParseResult:
 
 class Task(ABC):
     name: str
+    fields: tuple[str, ...] = ()  # what a successful record of this task holds
 
     @abstractmethod
     def predict(self, pipeline, settings, dataset: EvalDataset, sample: Sample, image: np.ndarray) -> dict:
         """Run the pipeline on one sample; the record's prediction fields."""
 
+    def check(self, record: dict, size: tuple[int, int]) -> None:
+        """:class:`DatasetError` unless ``record`` is a well-formed prediction for an image of ``size``
+        (``(height, width)``): what a record read back from a run folder must be to be reused."""
+        missing = [field for field in self.fields if field not in record]
+        if missing:
+            raise DatasetError(f"record {record.get('key')!r} has no {', '.join(missing)}")
+        for rle in self.record_masks(record):
+            check_rle_size(rle, size)
+
     @abstractmethod
-    def metrics(self, dataset: EvalDataset, samples: dict[str, Sample], records: list[dict]) -> dict:
-        """The official metrics of ``records`` (successful predictions) against the dataset's truth."""
+    def record_masks(self, record: dict) -> list:
+        """The record's masks as RLE (what :meth:`check` measures); malformed containers raise DatasetError."""
+
+    @abstractmethod
+    def entry(self, dataset: EvalDataset, sample: Sample, record: dict):
+        """One record's contribution to the metrics, against its ground truth (raises :class:`AnywordError` when
+        either cannot be scored)."""
+
+    @abstractmethod
+    def combine(self, dataset: EvalDataset, entries: list) -> dict:
+        """The official metrics of the entries."""
+
+    def metrics(self, dataset: EvalDataset, samples: dict[str, Sample], records: list[dict]) -> tuple[dict, list]:
+        """The official metrics of ``records`` (successful predictions) against the dataset's truth, and the
+        records that could not be scored (``{"key", "error"}``)."""
+        entries, unscored = [], []
+        for record in records:
+            try:
+                entries.append(self.entry(dataset, samples[record["key"]], record))
+            except AnywordError as error:
+                unscored.append({"key": record["key"], "error": str(error)})
+        return self.combine(dataset, entries), unscored
 
     def describe(self) -> dict:
         """The task's options, as run summaries record them."""
         return {}
+
+
+def _list_of(record: dict, field: str, keys: tuple[str, ...]) -> list[dict]:
+    items = record.get(field)
+    if not isinstance(items, list) or not all(isinstance(i, dict) and all(k in i for k in keys) for i in items):
+        raise DatasetError(f"record {record.get('key')!r}: {field!r} must be a list of objects with {', '.join(keys)}")
+    return items
+
+
+def _same_size(mask: np.ndarray, truth: np.ndarray, key: str) -> np.ndarray:
+    if mask.shape != truth.shape:
+        raise DatasetError(f"record {key!r}: a {mask.shape[1]}x{mask.shape[0]} mask for a "
+                           f"{truth.shape[1]}x{truth.shape[0]} ground truth")  # fmt: skip
+    return mask
 
 
 @dataclass(frozen=True)
@@ -115,6 +163,7 @@ class Referring(Task):
     referent: str = "first"
     no_target: NoTargetRule = NoTargetRule()
     name: str = REFERRING
+    fields: tuple[str, ...] = ("mask", "no_target")
 
     def predict(self, pipeline, settings, dataset, sample, image) -> dict:
         try:
@@ -144,14 +193,20 @@ class Referring(Task):
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
         }
 
-    def metrics(self, dataset, samples, records) -> dict:
-        scores = []
-        for record in records:
-            target = dataset.target(samples[record["key"]])
-            scores.append(ReferringScore.of(rle_mask(record["mask"]), target.mask, record["no_target"], target.empty))
+    def record_masks(self, record: dict) -> list:
+        if not isinstance(record.get("no_target"), bool):
+            raise DatasetError(f"record {record.get('key')!r}: 'no_target' must be true or false")
+        return [record["mask"]]
+
+    def entry(self, dataset, sample, record) -> ReferringScore:
+        target = dataset.target(sample)
+        mask = _same_size(rle_mask(record["mask"]), target.mask, record["key"])
+        return ReferringScore.of(mask, target.mask, record["no_target"], target.empty)
+
+    def combine(self, dataset, entries) -> dict:
         if getattr(dataset, "metric_set", "refcoco") == "grefcoco":
-            return grefcoco_metrics(scores)
-        return refcoco_metrics(scores)
+            return grefcoco_metrics(entries)
+        return refcoco_metrics(entries)
 
     def describe(self) -> dict:
         return {"referent": self.referent, "no_target": asdict(self.no_target)}
@@ -162,6 +217,7 @@ class Grounded(Task):
     """A caption with several phrases -> one mask per parsed concept; GranDf's AP50, mIoU and recall."""
 
     name: str = GROUNDED
+    fields: tuple[str, ...] = ("masks",)
 
     def predict(self, pipeline, settings, dataset, sample, image) -> dict:
         try:
@@ -175,19 +231,21 @@ class Grounded(Task):
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
         }
 
-    def metrics(self, dataset, samples, records) -> dict:
-        images = []
-        for record in records:
-            target = dataset.target(samples[record["key"]])
-            images.append(
-                ImageResult(
-                    predictions=[rle_mask(m["rle"]) for m in record["masks"]],
-                    predicted_phrases=[m["phrase"] for m in record["masks"]],
-                    targets=list(target.masks),
-                    target_phrases=list(target.phrases),
-                )
-            )
-        return {"AP50": grandf_ap50(images), "mIoU": grandf_miou(images), "recall": grandf_recall(images)}
+    def record_masks(self, record: dict) -> list:
+        return [m["rle"] for m in _list_of(record, "masks", ("phrase", "rle"))]
+
+    def entry(self, dataset, sample, record) -> ImageResult:
+        target = dataset.target(sample)
+        size = dataset.image_size(sample)
+        return ImageResult(
+            predictions=[rle_mask(m["rle"], size) for m in record["masks"]],
+            predicted_phrases=[str(m["phrase"]) for m in record["masks"]],
+            targets=list(target.masks),
+            target_phrases=list(target.phrases),
+        )
+
+    def combine(self, dataset, entries) -> dict:
+        return {"AP50": grandf_ap50(entries), "mIoU": grandf_miou(entries), "recall": grandf_recall(entries)}
 
 
 @dataclass(frozen=True)
@@ -196,6 +254,7 @@ class Semantic(Task):
     covers it with the highest attention, or none."""
 
     name: str = SEMANTIC
+    fields: tuple[str, ...] = ("labels",)
 
     def predict(self, pipeline, settings, dataset, sample, image) -> dict:
         names = dataset.concepts(sample)
@@ -221,15 +280,27 @@ class Semantic(Task):
             "timings": timings,
         }
 
-    def metrics(self, dataset, samples, records) -> dict:
+    def record_masks(self, record: dict) -> list:
+        entries = _list_of(record, "labels", ("class", "rle"))
+        if not all(
+            isinstance(e["class"], int) and not isinstance(e["class"], bool) and e["class"] >= 0 for e in entries
+        ):
+            raise DatasetError(f"record {record.get('key')!r}: a label's 'class' must be a class index")
+        return [e["rle"] for e in entries]
+
+    def entry(self, dataset, sample, record) -> np.ndarray:
+        target = dataset.target(sample)
         classes = len(dataset.class_names)
-        matrix = np.zeros((classes, classes + 1), dtype=np.int64)
-        for record in records:
-            target = dataset.target(samples[record["key"]])
-            predicted = np.full(target.labels.shape, IGNORE, dtype=np.int64)
-            for entry in record["labels"]:
-                predicted[rle_mask(entry["rle"])] = entry["class"]
-            matrix += confusion_matrix(predicted, target.labels, classes)
+        predicted = np.full(target.labels.shape, IGNORE, dtype=np.int64)
+        for entry in record["labels"]:
+            if entry["class"] >= classes:
+                raise DatasetError(f"record {record['key']!r}: class {entry['class']} is not one of the {classes}")
+            predicted[_same_size(rle_mask(entry["rle"]), target.labels, record["key"])] = entry["class"]
+        return confusion_matrix(predicted, target.labels, classes)
+
+    def combine(self, dataset, entries) -> dict:
+        classes = len(dataset.class_names)
+        matrix = sum(entries, np.zeros((classes, classes + 1), dtype=np.int64))
         metrics = semantic_miou(matrix)
         metrics["per_class_iou"] = dict(zip(dataset.class_names, metrics["per_class_iou"], strict=True))
         return metrics

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 
+from anyword import environment
 from anyword.errors import AnywordError, ParserUnavailableError
 from anyword.parsing.concepts import (
     OBJECT,
@@ -108,7 +108,7 @@ class OpenAIParser:
         if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
             raise ValueError(f"timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout_s!r}")
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.base_url = base_url or environment.read("OPENAI_BASE_URL", environment.http_url, None)
         self._api_key = api_key
         self.timeout_s = timeout_s
         self.settings = settings
@@ -140,7 +140,8 @@ class OpenAIParser:
     # --- the LLM call ---------------------------------------------------------------------------------------
 
     def _parse_with_llm(self, caption: str) -> ParseResult:
-        key = (self._api_key if self._api_key is not None else os.environ.get("OPENAI_API_KEY", "")).strip()
+        key = self._api_key if self._api_key is not None else environment.read("OPENAI_API_KEY", environment.text, "")
+        key = key.strip()
         if not key:
             raise LLMParseError("no OpenAI API key: set OPENAI_API_KEY or enter a key")
         check_api_key(key)
