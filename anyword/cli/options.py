@@ -150,7 +150,8 @@ def add_renamed_option(parser: argparse.ArgumentParser, old: str, new: str, why:
         def __call__(self, parser, namespace, values, option_string=None):
             parser.error(message)
 
-    parser.add_argument(old, action=Refuse, nargs="?", help=argparse.SUPPRESS)
+    dest = "renamed_" + old.lstrip("-").replace("-", "_")  # never shares a destination with a real option
+    parser.add_argument(old, action=Refuse, nargs="?", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 # --- options -> library --------------------------------------------------------------------------------------
