@@ -68,7 +68,7 @@ class _Bench:
         image = np.random.default_rng(seed).random((side if square else side * 2 // 3, side, 3)) * 255
         image = image.astype(np.uint8)
         latents = backbone.encode_image(ImageFrame(image.shape[1], image.shape[0], side).to_model(image))
-        alignment = align_tokens(BENCH_CAPTION, bench_parse().concepts, backbone.tokenizer)
+        alignment = align_tokens(BENCH_CAPTION, bench_parse().concepts, backbone.tokenizer, backbone.text_length)
         with torch.no_grad():
             states = backbone.text_states(alignment.input_ids)
         return cls(backbone, settings, latents, alignment, states)

@@ -9,9 +9,9 @@ Masks are bool ``(H, W)`` arrays. Sources:
   ``eval/gcg/evaluate.py``): per image, predictions and ground truths are paired one-to-one greedily by the highest
   remaining IoU (stopping when it is 0) and the image's mIoU is the mean of the paired IoUs, averaged over images;
   AP50 is COCO mask AP at IoU 0.5 with every prediction scored 1.0 (one category); recall counts ground-truth
-  phrases greedily matched to a prediction with IoU >= 0.5 whose phrase matches.
-  GranDf decides "phrase matches" by BERT cosine similarity >= 0.5; with no BERT weights offline, ``phrase_match``
-  is pluggable and defaults to same root noun and shared words (stricter than BERT similarity).
+  phrases greedily matched to a prediction with IoU >= 0.5 whose phrase matches, "matches" meaning BERT cosine
+  similarity >= 0.5 (``phrase_match``; :func:`word_phrase_match`, same root noun and shared words, is a diagnostic
+  that needs no model and is never reported as GranDf's recall).
 * gRefCOCO's full set (ReLA ``gres_model/evaluation/refer_evaluation.py``): :func:`grefcoco_metrics` adds the
   no-target accuracies N-acc and T-acc and Pr@0.7/0.8/0.9 over the samples that have a target.
 * RefCOCO / RefCOCO+ / RefCOCOg (LAVT's ``train.py`` evaluation, which the referring papers report): overall IoU
@@ -100,7 +100,7 @@ class ImageResult:
     target_phrases: Sequence[str]
 
 
-def default_phrase_match(target: str, prediction: str) -> bool:
+def word_phrase_match(target: str, prediction: str) -> bool:
     """Same root noun (last word) and every target word present in the prediction, case-insensitively."""
     target_words, predicted_words = target.lower().split(), prediction.lower().split()
     if not target_words or not predicted_words:
@@ -113,15 +113,16 @@ def grandf_miou(images: Sequence[ImageResult]) -> float:
 
 
 def grandf_recall(
-    images: Sequence[ImageResult],
-    iou_threshold: float = 0.5,
-    phrase_match: Callable[[str, str], bool] = default_phrase_match,
+    images: Sequence[ImageResult], phrase_match: Callable[[str, str], bool], iou_threshold: float = 0.5
 ) -> float:
     """Share of ground-truth phrases matched one-to-one (greedy by IoU) to a prediction with IoU >= threshold and
-    a matching phrase."""
+    a matching phrase: ``phrase_match(target, prediction)``, GLaMM's BERT similarity for GranDf's recall
+    (:mod:`anyword.evaluation.phrase_similarity`), :func:`word_phrase_match` for a diagnostic without a model."""
     matched = total = 0
     for result in images:
-        total += len(result.targets)
+        total += len(result.target_phrases)
+        if len(result.target_phrases) != len(result.targets):
+            continue  # phrases and masks do not pair: GLaMM counts the phrases and matches none
         ious = _iou_matrix(result.targets, result.predictions)
         admissible = np.array(
             [[phrase_match(t, p) for p in result.predicted_phrases] for t in result.target_phrases], dtype=bool

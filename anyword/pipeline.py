@@ -28,7 +28,7 @@ from anyword.diffusion.extract import learned_embeddings_key
 from anyword.diffusion.speed import EAGER, SPEEDS, SpeedName, SpeedSettings
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
-from anyword.presets import DEFAULT_PRESET, Preset, custom_preset, get_preset
+from anyword.presets import DEFAULT_PRESET, Preset, get_preset
 from anyword.prompts import PromptSet, PromptSettings, make_prompts
 from anyword.segment import MaskRequest, Segmenter, segmenter_spec
 from anyword.settings import Overrides, PipelineSettings, apply_overrides
@@ -185,7 +185,8 @@ class SegmentAnyword:
         settings: run settings; ``None``: the preset's (see :meth:`Preset.settings`).
         backbone: the preset's model, already loaded (e.g. shared by pipelines with different adapters);
             ``None``: loaded from the preset on first use.
-        model: hub id or local folder of a Stable Diffusion v1.x replacing the preset's (set up like ``sd15``).
+        model: hub id or local folder of published weights replacing the preset's (of its family: Stable Diffusion
+            for ``sd15``, LDM for ``ldm``).
         segmenter_model: the segmenter's size ("vit_h", "large", ...); ``None``: its default.
         segmenter_checkpoint: a local checkpoint (SAM: a ``.pth`` file; transformers backends: a hub-layout folder).
         device, dtype: where the models run (default: CUDA fp16 if available, else CPU fp32).
@@ -218,9 +219,9 @@ class SegmentAnyword:
         adapter: str | Path | Adapter | None = None,
         speed: SpeedSettings | SpeedName = EAGER,
     ):
-        if model is not None:
-            preset = custom_preset(model)
         self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
+        if model is not None:
+            self.preset = self.preset.with_model(model)
         self._backbone = backbone
         self.adapter = resolve_adapter(self.preset, adapter)  # checked now: a wrong folder fails before any load
         self._device, self._dtype = device, dtype
@@ -291,6 +292,7 @@ class SegmentAnyword:
             "backbone": self.backbone.name,
             "backbone_source": self.backbone.source,
             "backbone_random_weights": self.backbone.random_weights,
+            "text_encoder": type(self.backbone.text_encoder).__name__,  # LDMBertModel (the paper's), CLIPTextModel
             "adapter": self.adapter.ident if self.adapter is not None else None,
             "device": str(self.backbone.device),
             "dtype": str(self.backbone.dtype).removeprefix("torch."),
@@ -298,8 +300,15 @@ class SegmentAnyword:
             "segmenter": chosen.key,
             "segmenter_model": chosen.label,
             "segmenter_random_weights": chosen.random_weights,
-            "parser": self.parser.name,
+            **self._parser_record(),
         }
+
+    def _parser_record(self) -> dict[str, Any]:
+        """The parser as results name it: what decides its parses under ``parser``; where it runs (an LLM
+        server's URL) apart, under ``parser_base_url``."""
+        described = dict(self.parser.describe())
+        base_url = described.pop("base_url", None)
+        return {"parser": described, **({"parser_base_url": base_url} if base_url else {})}
 
     # --- stages ---------------------------------------------------------------------------------------------
 
@@ -315,7 +324,7 @@ class SegmentAnyword:
         return result
 
     def align(self, parse: ParseResult) -> TokenAlignment:
-        return align_tokens(parse.caption, parse.concepts, self.backbone.tokenizer)
+        return align_tokens(parse.caption, parse.concepts, self.backbone.tokenizer, self.backbone.text_length)
 
     def attend(
         self,

@@ -10,6 +10,7 @@ Adding a backbone is one loader (``anyword/diffusion/``, taking ``name=, device=
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 ExampleSet = Literal["photos", "shapes"]  # which demo examples suit a preset
 
-DEFAULT_PRESET = "sd15"  # the paper's setup
+DEFAULT_PRESET = "sd15"  # the demo's and `segment`'s: Stable Diffusion 1.5, an alternative backbone of the paper
 TEST_PRESET = "tiny"  # what tests and benchmarks build when told nothing
+LDM_PRESET = "ldm"  # the paper's quantitative backbone (appendix C.1)
 SHAPES_PRESET = "shapes"  # the model trained on the shapes world (anyword.shapes): its datasets and reports use it
 OFFLINE_PRESET = SHAPES_PRESET  # the demo's start when the default's weights are unavailable (real maps, offline)
 
@@ -83,6 +85,8 @@ class Preset:
         in_demo: offered in the demo's model choice.
         budgets: learning steps of the "paper" and "fast" qualities for this model (the paper's 1100 and 50
             unless its scale differs).
+        weights_family: how published weights of this setup load ("sd", "ldm"; ``None``: it builds its own), which
+            :meth:`with_model` uses for ``--model``.
         shipped_adapter: folder inside the package holding the preset's text-encoder adapter (``--adapter
             shipped``), or ``None``.
     """
@@ -102,6 +106,15 @@ class Preset:
     budgets: dict[Quality, int] = field(default_factory=dict)
     shipped_adapter: str | None = None
     gpu_reservation: GpuReservation = GpuReservation()
+    weights_family: str | None = None
+
+    def with_model(self, model: str) -> Preset:
+        """This setup with other published weights of its family (a hub id or a local folder: ``--model``)."""
+        if self.weights_family is None:
+            families = ", ".join(p.name for p in PRESETS.values() if p.weights_family and p.in_demo)
+            raise AnywordError(f"preset '{self.name}' builds its own model; --model goes with {families}")
+        description = f"{self.description.split(' + ')[0]} weights from {model}"
+        return dataclasses.replace(_pretrained(model, model, description, self.weights_family), in_demo=False)
 
     def load(self, device: str | None = None, dtype: str | None = None, seed: int = 0) -> Backbone:
         """The preset's backbone (named after the preset, which is what adapters and caches match)."""
@@ -160,47 +173,66 @@ class Preset:
 # Loaders import the diffusion stage when called: listing presets (the CLI's help, `anyword presets`) stays light.
 
 
-def _load_pretrained(model: str, **options) -> Backbone:
-    from anyword.diffusion.loading import load_pretrained
+def _lazy(module: str, function: str) -> Callable:
+    """``module.function``, imported at its first call."""
 
-    return load_pretrained(model, **options)
+    def call(*args, **options):
+        return getattr(importlib.import_module(module), function)(*args, **options)
 
-
-def _sd_availability(model: str) -> Availability:
-    from anyword.diffusion.loading import sd_availability
-
-    return sd_availability(model)
+    call.__name__ = call.__qualname__ = function
+    return call
 
 
-def _build_tiny(**options) -> Backbone:
-    from anyword.diffusion.loading import build_tiny
-
-    return build_tiny(**options)
-
-
-def _build_sd15_random(**options) -> Backbone:
-    from anyword.diffusion.loading import build_sd15_random
-
-    return build_sd15_random(**options)
+_LOADING, _LDM = "anyword.diffusion.loading", "anyword.diffusion.ldm"
+_load_pretrained, _sd_availability = _lazy(_LOADING, "load_pretrained"), _lazy(_LOADING, "sd_availability")
+_build_tiny, _build_sd15_random = _lazy(_LOADING, "build_tiny"), _lazy(_LOADING, "build_sd15_random")
+_load_ldm, _ldm_availability = _lazy(_LDM, "load_ldm"), _lazy(_LDM, "ldm_availability")
+_build_ldm_tiny, _build_ldm_random = _lazy(_LDM, "build_ldm_tiny"), _lazy(_LDM, "build_ldm_random")
+_load_shapes = _lazy("anyword.diffusion.shapes_model", "load_shapes_backbone")
 
 
-def _load_shapes(**options) -> Backbone:
-    from anyword.diffusion.shapes_model import load_shapes_backbone
+# Measured on 2 CPU threads with the random-weight stand-ins of the same architectures (docs/performance.md).
+SD_CPU_COST = CpuCost(step_s=78.0, peak_gb=19.4, threads=2)  # docs/results/bench-sd15-random-cpu.json
+LDM_CPU_COST = CpuCost(step_s=13.7, peak_gb=11.0, threads=2)  # docs/results/bench-ldm-random-cpu.json
+# How each family of published weights loads and is found: (loader, availability, CPU cost).
+_FAMILIES = {
+    "sd": (_load_pretrained, _sd_availability, SD_CPU_COST),
+    "ldm": (_load_ldm, _ldm_availability, LDM_CPU_COST),
+}
 
-    return load_shapes_backbone(**options)
+
+def _stand_in(
+    name: str, description: str, backbone_id: str, loader: Callable, cost: CpuCost | None = None, in_demo=False
+) -> Preset:
+    """A random-weight stand-in of an architecture: at toy size (no ``cost``: tests and offline smoke runs, toy
+    segmenters, short runs) or at full size (``cost``: timing and memory, full-size segmenters)."""
+    toy = cost is None
+    return Preset(
+        name,
+        description,
+        backbone_id=backbone_id,
+        loader=loader,
+        segmenter="sam",
+        segmenter_weights=TINY if toy else RANDOM,
+        overrides=Overrides(learning_steps=10, inversion_steps=25) if toy else Overrides(),
+        random_weights=True,
+        cpu_cost=cost,
+        in_demo=in_demo,
+    )
 
 
-def _pretrained(name: str, model: str, description: str) -> Preset:
+def _pretrained(name: str, model: str, description: str, family: str = "sd") -> Preset:
+    load, find, cost = _FAMILIES[family]
     return Preset(
         name,
         description,
         backbone_id=model,
-        loader=lambda **options: _load_pretrained(model, **options),
+        loader=lambda **options: load(model, **options),
         segmenter="sam",
         segmenter_weights=PRETRAINED,
-        backbone_availability=lambda: _sd_availability(model),
-        # Measured with sd15-random (same architecture) on 2 CPU threads: docs/performance.md.
-        cpu_cost=CpuCost(step_s=175.0, peak_gb=18.0, threads=2),
+        backbone_availability=lambda: find(model),
+        cpu_cost=cost,
+        weights_family=family,
     )
 
 
@@ -220,9 +252,19 @@ PRESETS: dict[str, Preset] = {
         _pretrained(
             DEFAULT_PRESET,
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "Stable Diffusion 1.5 + SAM ViT-H (the paper's setup)",
+            "Stable Diffusion 1.5 + SAM ViT-H (the paper's alternative backbone, its qualitative figures)",
         ),
-        _pretrained("sd14", "CompVis/stable-diffusion-v1-4", "Stable Diffusion 1.4 + SAM ViT-H"),
+        _pretrained(
+            "sd14",
+            "CompVis/stable-diffusion-v1-4",
+            "Stable Diffusion 1.4 + SAM ViT-H (the paper's alternative backbone)",
+        ),
+        _pretrained(
+            LDM_PRESET,
+            "CompVis/ldm-text2im-large-256",
+            "LDM + BERT + SAM ViT-H (the paper's quantitative backbone, 256 px)",
+            family="ldm",
+        ),
         Preset(
             SHAPES_PRESET,
             "toy text-to-image model trained in this repository + GrabCut: real maps and masks on shape scenes, "
@@ -249,27 +291,34 @@ PRESETS: dict[str, Preset] = {
             budgets={"paper": 30, "fast": 3},
             shipped_adapter="shapes/adapter",
         ),
-        Preset(
+        _stand_in(
             TEST_PRESET,
             "tiny random-weight models (diffusion + any segmenter) with the real CLIP tokenizer: tests and trying "
             "the flow offline; results mean nothing",
-            backbone_id="random: tiny Stable Diffusion classes, 64 px",
-            loader=_build_tiny,
-            segmenter="sam",
-            segmenter_weights=TINY,
-            overrides=Overrides(learning_steps=10, inversion_steps=25),
-            random_weights=True,
+            "random: tiny Stable Diffusion classes, 64 px",
+            _build_tiny,
+            in_demo=True,
         ),
-        Preset(
+        _stand_in(
+            "ldm-tiny",
+            "the LDM's classes (BERT WordPiece) at toy size, random weights, a small test vocabulary: tests; results "
+            "mean nothing",
+            "random: tiny LDM classes, 64 px",
+            _build_ldm_tiny,
+        ),
+        _stand_in(
             "sd15-random",
             "full SD 1.5 architecture + full-size segmenter with random weights: for timing and memory only",
-            backbone_id="random: Stable Diffusion 1.5 architecture, 512 px",
-            loader=_build_sd15_random,
-            segmenter="sam",
-            segmenter_weights=RANDOM,
-            random_weights=True,
-            cpu_cost=CpuCost(step_s=175.0, peak_gb=18.0, threads=2),
-            in_demo=False,
+            "random: Stable Diffusion 1.5 architecture, 512 px",
+            _build_sd15_random,
+            SD_CPU_COST,
+        ),
+        _stand_in(
+            "ldm-random",
+            "full LDM architecture (BERT 32 layers, 256 px) + full-size segmenter with random weights: timing only",
+            "random: LDM text-to-image architecture, 256 px",
+            _build_ldm_random,
+            LDM_CPU_COST,
         ),
     )
 }
@@ -280,8 +329,3 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise AnywordError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def custom_preset(model: str) -> Preset:
-    """A preset for a user's own Stable Diffusion v1.x (hub id or local diffusers folder), set up like ``sd15``."""
-    return dataclasses.replace(_pretrained(model, model, f"Stable Diffusion from {model}"), in_demo=False)

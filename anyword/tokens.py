@@ -1,6 +1,8 @@
-"""Concept words -> token positions of the diffusion model's text encoder (Stable Diffusion's CLIP BPE).
+"""Concept words -> token positions of the diffusion model's text encoder (Stable Diffusion's CLIP BPE, LDM's BERT
+WordPiece).
 
-A word may be several BPE pieces ("kittytoi" -> kitty + toi, "dog1" -> dog + 1); all its pieces belong to it.
+A word may be several pieces ("kittytoi" -> kitty + toi in CLIP's BPE, "running" -> r + ##un + ##ning in a WordPiece
+vocabulary); all its pieces belong to it.
 Positions index the encoder's input sequence, so position 0 is the start token and the caption's first piece is
 at position 1. The encoder reads ``model_max_length`` tokens (77: start + 75 caption tokens + end).
 
@@ -112,14 +114,21 @@ class TokenAlignment:
         }
 
 
+def _frame_ids(tokenizer) -> tuple[int, int]:
+    """The ids that open and close a sequence: CLIP's start/end of text, BERT's [CLS]/[SEP]."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return start, end
+
+
 def align_tokens(caption: str, concepts: Sequence[Concept], tokenizer, max_length: int | None = None) -> TokenAlignment:
     """Find the token positions of every concept's noun and adjectives in ``caption``.
 
     Args:
         caption: the caption the concepts were parsed from (their spans index it).
         concepts: the parsed concepts.
-        tokenizer: a fast (offset-tracking) CLIP tokenizer, e.g. :func:`load_tokenizer`.
-        max_length: the encoder's sequence length; default ``tokenizer.model_max_length`` (77).
+        tokenizer: a fast (offset-tracking) CLIP or BERT tokenizer, e.g. :func:`load_tokenizer`.
+        max_length: the encoder's sequence length (``Backbone.text_length``); default ``tokenizer.model_max_length``.
 
     Raises:
         TokenWindowError: a concept has no noun occurrence inside the window.
@@ -130,10 +139,11 @@ def align_tokens(caption: str, concepts: Sequence[Concept], tokenizer, max_lengt
     encoding = tokenizer.backend_tokenizer.encode(caption, add_special_tokens=False)
     ids, offsets = encoding.ids, encoding.offsets
     kept = ids[:window]
-    input_ids = [tokenizer.bos_token_id, *kept, tokenizer.eos_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start, end = _frame_ids(tokenizer)
+    input_ids = [start, *kept, end]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     input_ids += [pad] * (max_length - len(input_ids))
-    pieces = tuple(tokenizer.convert_ids_to_tokens([tokenizer.bos_token_id, *kept, tokenizer.eos_token_id]))
+    pieces = tuple(tokenizer.convert_ids_to_tokens([start, *kept, end]))
 
     warnings: list[str] = []
 
@@ -161,7 +171,7 @@ def align_tokens(caption: str, concepts: Sequence[Concept], tokenizer, max_lengt
             raise TokenWindowError(
                 f"concept {concept.id} ('{concept.phrase}', characters {concept.mentions[0].noun[0]}-"
                 f"{concept.mentions[0].noun[1]}) lies past the text encoder's window: the caption needs "
-                f"{len(ids)} tokens and Stable Diffusion reads only the first {window}. Shorten the caption or "
+                f"{len(ids)} tokens and the text encoder reads only the first {window}. Shorten the caption or "
                 f"mention '{concept.noun}' earlier."
             )
         adjectives = []

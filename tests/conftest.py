@@ -67,6 +67,17 @@ def run_anyword(*args: str, env: dict | None = None, timeout: float = 600, cwd: 
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd)
 
 
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    """No network for the Hugging Face hub (nothing downloads), an empty segmenter cache in ``tmp_path``."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("ANYWORD_OFFLINE", "1")
+    monkeypatch.setenv("ANYWORD_CACHE", str(tmp_path))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     from anyword.presets import TEST_PRESET, get_preset

@@ -106,7 +106,8 @@ def write_grefcoco(root: Path) -> Fixture:
     refs = [
         {"ref_id": 10, "image_id": 1, "ann_id": [first[0]], "category_id": [1], "split": "val",
          "sentences": [{"sent_id": 100, "sent": phrases[first[0]]},
-                       {"sent_id": 101, "sent": "the " + phrases[first[0]]}]},
+                       {"sent_id": 101, "sent": "the " + phrases[first[0]],
+                        "raw": "The " + phrases[first[0]] + "."}]},
         {"ref_id": 11, "image_id": 1, "ann_id": [first[0], first[1], 999], "category_id": [1], "split": "val",
          "sentences": [{"sent_id": 110, "sent": f"{phrases[first[0]]} and {phrases[first[1]]}"}]},
         {"ref_id": 12, "image_id": 1, "ann_id": [-1], "category_id": [-1], "split": "val", "no_target": True,

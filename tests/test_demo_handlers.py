@@ -13,6 +13,7 @@ from PIL import Image
 
 from anyword.errors import AnywordError
 from anyword.parsing.llm_access import LLMAccess
+from anyword.presets import SD_CPU_COST
 from demo import choices
 from demo import handlers as h
 from demo.exports import ExportStore
@@ -192,7 +193,8 @@ def test_custom_steps_out_of_range_are_refused_by_name(hub, nlp):
 
 def test_a_pretrained_preset_on_a_cpu_says_what_it_costs_before_it_starts():
     notice = h.preset_notice("sd15", device="cpu")
-    assert "175 s" in notice and "days" in notice and "**50 steps, no adapter**" in notice
+    assert f"about {SD_CPU_COST.step_s:.0f} s" in notice and "would take about" in notice
+    assert "**50 steps, no adapter**" in notice
     assert "cost" not in h.preset_notice("shapes", device="cpu") and "Note" not in h.preset_notice("tiny", "cpu")
 
 

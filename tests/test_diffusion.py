@@ -268,7 +268,7 @@ def test_timestep_range_and_multiple_resolutions(tiny, alignment, image):
     assert result.reconstruction_mse < 1e-12
     assert any(".attentions." in layer and layer.startswith("down_blocks.0") for layer in result.recorded_layers)
     assert result.settings.attention_resolutions == (16, 32)
-    # No grid set: the model's grid nearest a quarter of its latent side (32 / 4 = 8 -> 16 here), recorded.
+    # No grid set: the paper's 16x16 (tiny has it), recorded in the result.
     default = extract_attention(tiny, image, alignment, dataclasses.replace(FAST, attention_resolutions=None))
     assert tiny.attention_grids == (32, 16) and default.settings.attention_resolutions == (16,)
     assert default.maps.token_grids.shape == (77, 16, 16)

@@ -93,6 +93,7 @@ def test_grefcoco_samples_and_targets(tmp_path):
     samples = dataset.samples()
     assert [s.key for s in samples] == list(fixture.truth)  # val only (ref 13 is train), one per sentence
     assert samples[0].ids == {"sent_id": 100, "ref_id": 10, "image_id": 1}
+    assert samples[1].caption == f"The {samples[0].caption}."  # "raw", as written, not the lower-cased "sent"
     assert samples[0].image == (tmp_path / "images" / "train2014" / "COCO_train2014_000000000001.jpg").resolve()
     for sample in samples:
         target = dataset.target(sample)

@@ -21,6 +21,7 @@ from tests.eval_fixtures import HEIGHT, WIDTH, write_grandf, write_grefcoco, wri
 
 BIN = Path(sys.executable).parent
 QUICK = ["--preset", "shapes", "--steps", "2"]
+GRANDF_METRICS = {"AP50", "mIoU", "recall", "recall_unavailable", "recall_words", "phrase_mask_mismatches"}
 
 
 def anyword(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -54,14 +55,27 @@ def grefcoco(tmp_path_factory):
 @pytest.mark.slow
 def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     run = tmp_path / "run"
-    command = ["eval", "--dataset", "grefcoco", "--data-root", str(grefcoco.root), "--split", "val", *QUICK]
+    command = [
+        "eval",
+        "--dataset",
+        "grefcoco",
+        "--data-root",
+        str(grefcoco.root),
+        "--split",
+        "val",
+        *QUICK,
+        "--score-at",
+        "native",
+    ]  # fmt: skip  (recomputed below from the fixture's own masks)
     done = anyword(*command, "--out", str(run), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary == json.loads((run / "summary.json").read_text())
     assert summary["counts"] == {"done": 5, "reused": 0, "failed": 0, "missing": 0, "unscored": 0, "dropped_records": 0}
     assert summary["settings"]["diffusion"]["learning"]["steps"] == 2 and summary["models"]["preset"] == "shapes"
-    assert summary["evaluation"]["no_target"]["enabled"] is True  # on by default for gRefCOCO
+    assert summary["evaluation"]["no_target"]["enabled"] is False  # off unless asked: the paper describes none
+    assert summary["evaluation"]["referent"] == "match" and summary["evaluation"]["score_at"] == "native"
+    assert summary["parses"]["stored"] == 5 and (run / "parses.jsonl").is_file()
     assert "cIoU" in done.stderr and "N_acc" in done.stderr  # the table
     records = lines(run)
     assert [r["key"] for r in records] == list(grefcoco.truth)
@@ -86,7 +100,7 @@ def test_grefcoco_run_resume_and_two_processes(grefcoco, tmp_path):
     assert partial["metrics"] == summary["metrics"]  # seeded: the recomputed samples come out the same
 
     refused = anyword("eval", "--dataset", "grefcoco", "--data-root", str(grefcoco.root), "--preset", "shapes",
-                      "--steps", "3", "--out", str(run))  # fmt: skip
+                      "--steps", "3", "--score-at", "native", "--out", str(run))  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.startswith("error: ")
     assert "holds a run with other settings" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
@@ -136,7 +150,7 @@ def test_a_failing_sample_is_recorded_and_retried(grefcoco, tmp_path):
     assert retried["counts"] == {"done": 1, "reused": 4, "failed": 0, "missing": 0, "unscored": 0, "dropped_records": 0}
 
 
-def test_refcoco_grandf_and_pc59_runs(tmp_path):
+def test_refcoco_grandf_and_pc59_runs(tmp_path, offline):
     refcoco = open_dataset("refcoco", DatasetOptions(split="val", root=write_refcoco(tmp_path / "r").root))
     summary = _run(refcoco, tmp_path / "refcoco")
     assert set(summary["metrics"]) == {"cIoU", "mIoU", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9"}
@@ -144,7 +158,8 @@ def test_refcoco_grandf_and_pc59_runs(tmp_path):
 
     grandf = open_dataset("grandf", DatasetOptions(split="val", root=write_grandf(tmp_path / "g").root))
     summary = _run(grandf, tmp_path / "grandf")
-    assert set(summary["metrics"]) == {"AP50", "mIoU", "recall"} and summary["counts"]["done"] == 2
+    assert set(summary["metrics"]) == GRANDF_METRICS and summary["counts"]["done"] == 2
+    assert summary["metrics"]["recall"] is None and "bert-base-uncased" in summary["metrics"]["recall_unavailable"]
     assert all(m["rle"]["size"] == [HEIGHT, WIDTH] for r in lines(tmp_path / "grandf") for m in r["masks"])
 
     fixture = write_pc59(tmp_path / "pc")
@@ -172,7 +187,11 @@ def test_an_expression_without_concepts_is_an_empty_answer_not_a_failure(grefcoc
     summary = _run(dataset, tmp_path / "run")
     assert summary["counts"]["failed"] == 0 and summary["counts"]["done"] == 5
     record = next(r for r in lines(tmp_path / "run") if r["key"] == "sent 140")
-    assert record["no_target"] is True and not decode(record["mask"]).any() and "note" in record
+    assert record["no_target"] is False and not decode(record["mask"]).any() and "note" in record
+    assert summary["parses"]["no_concept"] == 1
+    with_rule = _run(dataset, tmp_path / "rule", make_task(dataset, no_target=True))  # the rule says "nothing"
+    record = next(r for r in lines(tmp_path / "rule") if r["key"] == "sent 140")
+    assert record["no_target"] is True and with_rule["evaluation"]["no_target"]["enabled"] is True
 
 
 def test_no_target_rule_decides_and_is_recorded(tmp_path):
@@ -206,11 +225,11 @@ def test_run_folder_refusals(run_cli, grefcoco, tmp_path):
     assert shapes.returncode == 2 and "needs --out RUN_DIR" in shapes.stderr
 
 
-def test_fast_mode_in_a_benchmark_run_uses_the_shipped_adapter(run_cli, tmp_path):
+def test_fast_mode_in_a_benchmark_run_uses_the_shipped_adapter(run_cli, tmp_path, offline):
     done = run_cli("eval", "--dataset", "shapes", "--split", "novel", "--n", "2", "--fast", "--inversion-steps", "5",
                    "--out", str(tmp_path / "run"), "--json", "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["models"]["adapter"] and summary["models"]["preset"] == "shapes"
     assert summary["settings"]["diffusion"]["learning"]["steps"] == 3  # the shapes preset's fast budget
-    assert set(summary["metrics"]) == {"AP50", "mIoU", "recall"} and summary["counts"]["done"] == 2
+    assert set(summary["metrics"]) == GRANDF_METRICS and summary["counts"]["done"] == 2

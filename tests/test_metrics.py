@@ -8,7 +8,6 @@ import pytest
 from anyword.metrics import (
     ImageResult,
     cumulative_iou,
-    default_phrase_match,
     generalized_iou,
     grandf_ap50,
     grandf_image_miou,
@@ -16,6 +15,7 @@ from anyword.metrics import (
     grandf_recall,
     greedy_pairs,
     mask_iou,
+    word_phrase_match,
 )
 
 
@@ -74,13 +74,13 @@ def test_recall_needs_iou_and_a_matching_phrase():
         targets=[A, C],
         target_phrases=["red circle", "blue square"],
     )
-    assert grandf_recall([image]) == 1.0
+    assert grandf_recall([image], word_phrase_match) == 1.0
     wrong_words = ImageResult([A, C], ["red circle", "green square"], [A, C], ["red circle", "blue square"])
-    assert grandf_recall([wrong_words]) == 0.5
+    assert grandf_recall([wrong_words], word_phrase_match) == 0.5
     low_iou = ImageResult([B], ["red circle"], [A], ["red circle"])  # IoU 0.25 < 0.5
-    assert grandf_recall([low_iou]) == 0.0
-    assert default_phrase_match("red circle", "small red circle")
-    assert not default_phrase_match("red circle", "red ring")
+    assert grandf_recall([low_iou], word_phrase_match) == 0.0
+    assert word_phrase_match("red circle", "small red circle")
+    assert not word_phrase_match("red circle", "red ring")
 
 
 def test_ap50_with_pycocotools():

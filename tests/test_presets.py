@@ -7,21 +7,10 @@ import json
 import pytest
 
 from anyword.errors import AnywordError, SettingsError
-from anyword.presets import PRESETS, get_preset
+from anyword.presets import LDM_CPU_COST, PRESETS, SD_CPU_COST, get_preset
 from anyword.segment import SEGMENTERS, TINY
 from anyword.settings import PAPER_LEARNING_STEPS, Overrides, PipelineSettings, apply_overrides
 from tests.conftest import ASSETS, run_anyword
-
-
-@pytest.fixture()
-def offline(monkeypatch, tmp_path):
-    """No network, an empty segmenter cache in ``tmp_path``."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("ANYWORD_OFFLINE", "1")
-    monkeypatch.setenv("ANYWORD_CACHE", str(tmp_path))
-    return tmp_path
 
 
 @pytest.mark.slow
@@ -87,7 +76,8 @@ def test_tiny_gives_every_promptable_segmenter_toy_random_weights():
 
 
 def test_cpu_cost_is_said_for_big_presets_only():
-    assert "175 s" in get_preset("sd15").cost_warning(PAPER_LEARNING_STEPS, device="cpu")
+    assert f"about {SD_CPU_COST.step_s:.0f} s" in get_preset("sd15").cost_warning(PAPER_LEARNING_STEPS, device="cpu")
+    assert f"about {LDM_CPU_COST.step_s:.0f} s" in get_preset("ldm").cost_warning(PAPER_LEARNING_STEPS, device="cpu")
     assert get_preset("sd15").cost_warning(PAPER_LEARNING_STEPS, device="cuda") is None
     assert get_preset("tiny").cost_warning(PAPER_LEARNING_STEPS, device="cpu") is None
 
@@ -96,7 +86,8 @@ def test_the_cli_says_what_a_cpu_run_costs_before_it_starts(run_cli, offline):
     done = run_cli("segment", ASSETS / "coffee.png", "a red cup", "--out", offline / "out", "--device", "cpu")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     warning, error = done.stderr.strip().splitlines()
-    assert warning.startswith("warning: sd15: without a GPU") and "175 s" in warning and "--fast" in warning
+    assert warning.startswith("warning: sd15: without a GPU") and "--fast" in warning
+    assert f"{SD_CPU_COST.step_s:.0f} s" in warning
     assert error.startswith("error: Stable Diffusion weights")
 
 

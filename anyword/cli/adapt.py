@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 from anyword.cli.jsonl import beside, jsonl_lines
-from anyword.cli.options import EXIT_OK, add_device_options, add_output_options, add_renamed_option
+from anyword.cli.options import add_device_options, add_output_options, add_renamed_option, report
 from anyword.cli.values import non_negative_int, positive_float, positive_int, preset_name, seed
 from anyword.errors import AnywordError
 from anyword.evaluation import SHAPES_DATASET
@@ -26,7 +27,9 @@ def register(commands) -> None:
     data.add_argument("--dataset", default=None, choices=(SHAPES_DATASET,), help="pairs from the synthetic world")
     data.add_argument("--split", nargs="+", default=["train"], help="shapes splits, drawn in turn (default train)")
     data.add_argument("--start", type=non_negative_int, default=20000, help="first shapes scene index")
-    data.add_argument("--n", type=positive_int, default=500, help="pairs to use (default 500, the paper's)")
+    data.add_argument(
+        "--n", type=positive_int, default=500, help="pairs to use (default 500, the paper's; drawn at random, --seed)"
+    )
     lora = parser.add_argument_group("LoRA training")
     lora.add_argument("--adapt-steps", type=positive_int, default=1100, help="training steps (default 1100)")
     lora.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (default 16)")
@@ -60,18 +63,19 @@ def run(args: argparse.Namespace) -> int:
         targets=ATTENTION_TARGETS + (MLP_TARGETS if args.mlp else ()),
         seed=args.seed,
     )
+    if len(pairs) > args.n:  # appendix C.1: pairs sampled at random, not the file's first ones
+        source += f" (a random {args.n} of {len(pairs)}, seed {args.seed})"
+        pairs = random.Random(args.seed).sample(pairs, args.n)
     backbone = get_preset(args.preset or DEFAULT_PRESET).load(device=args.device, dtype=args.dtype)
-    info = train_adapter(backbone, pairs[: args.n], out, settings, pairs_source=source, progress=not args.quiet)
+    info = train_adapter(backbone, pairs, out, settings, pairs_source=source, progress=not args.quiet)
     summary = {**info.to_dict(), "pairs_unreadable_lines": unreadable, "out": str(out)}
     summary.pop("extra")
-    if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
-    else:
-        print(
-            f"adapter for {info.base} in {out}: {info.steps} steps on {info.pairs_used} pairs "
-            f"({info.pairs_skipped + unreadable} skipped), final loss {info.final_loss:.4f}, {info.seconds:.0f} s"
-        )
-    return EXIT_OK
+    return report(
+        args,
+        summary,
+        f"adapter for {info.base} in {out}: {info.steps} steps on {info.pairs_used} pairs "
+        f"({info.pairs_skipped + unreadable} skipped), final loss {info.final_loss:.4f}, {info.seconds:.0f} s",
+    )
 
 
 def _pairs_file(file: Path):

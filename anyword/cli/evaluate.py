@@ -10,51 +10,54 @@ from pathlib import Path
 
 from anyword.cli.options import (
     EXIT_OK,
+    add_dataset_options,
     add_method_options,
     add_model_options,
     add_output_options,
+    add_parser_options,
     add_renamed_option,
     add_segmenter_options,
 )
-from anyword.cli.runs import make_pipeline, warn_cost
-from anyword.cli.values import fraction, non_negative_int, positive_int
+from anyword.cli.runs import dataset_from, make_pipeline, warn_cost
+from anyword.cli.values import fraction, non_negative_int, positive_int, seed
 from anyword.errors import AnywordError
-from anyword.evaluation import DATASETS, REFERENT_CHOICES, SHAPES_DATASET
+from anyword.evaluation import RECALL_MODEL, REFERENT_CHOICES, SCORING_CHOICES, SHAPES_DATASET
 
 NAME = "eval"
+DRAW_SCENES = 1000  # the shapes world's scenes --draw picks from (a benchmark's split is what it holds)
 
 
 def register(commands) -> None:
     parser = commands.add_parser(
         NAME, help="quality on a benchmark: predictions.jsonl + summary.json in --out (resumable, shardable)"
     )
-    data = parser.add_argument_group("dataset")
-    data.add_argument(
-        "--dataset", default=SHAPES_DATASET, choices=list(DATASETS), help="the benchmark (default: the shapes world)"
+    data = add_dataset_options(
+        parser, dataset_default=SHAPES_DATASET, split_help="dataset split (default: the dataset's, e.g. val)"
     )
-    data.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder (official layout)")
-    data.add_argument(
-        "--image-root",
-        default=None,
-        metavar="DIR",
-        help="images elsewhere (default: the layout's, e.g. DATA_ROOT/images/train2014 for the COCO-based sets)",
-    )
-    data.add_argument("--split", default=None, help="dataset split (default: the dataset's, e.g. val)")
     data.add_argument("--n", type=positive_int, default=None, help="number of samples (default 100)")
     data.add_argument("--start", type=non_negative_int, default=0, help="first sample index")
-    data.add_argument("--image-size", type=positive_int, default=128, help="shapes datasets: scene size (pixels)")
+    data.add_argument(
+        "--draw",
+        type=seed,
+        default=None,
+        metavar="SEED",
+        help="draw the --n samples at random from the whole split with this seed (appendix F: 100 random RefCOCO "
+        "pairs) instead of a slice from --start",
+    )
     task = parser.add_argument_group("task")
     task.add_argument(
         "--referent",
-        default=None,
+        default="match",
         choices=REFERENT_CHOICES,
-        help="referring sets: the referred object is the first concept (default) or all concepts merged",
+        help="referring sets: which concept's mask answers: match (the one overlapping the ground truth most, the "
+        "paper's IoU cross-matching; default), subject (the parser's referred subject, appendix F), first, or all "
+        "merged",
     )
     task.add_argument(
         "--no-target",
-        default=None,
+        default="off",
         choices=("on", "off"),
-        help="the rule that can answer 'nothing here' (default: on where the dataset scores it)",
+        help="a rule that can answer 'nothing here' (default off: the paper describes none)",
     )
     task.add_argument(
         "--no-target-threshold",
@@ -63,15 +66,33 @@ def register(commands) -> None:
         help="the no-target rule's threshold on its signal (default: the value chosen on validation scenes)",
     )
     task.add_argument(
+        "--score-at",
+        default=None,
+        choices=SCORING_CHOICES,
+        help="referring sets: score masks at the image's size (native) or at 480x480 as ReLA and LAVT do "
+        "(official; default for gRefCOCO and RefCOCO/+/g)",
+    )
+    task.add_argument(
+        "--recall-model",
+        default=RECALL_MODEL,
+        metavar="NAME|DIR",
+        help=f"GranDf recall: the BERT model of GLaMM's phrase test (default {RECALL_MODEL}; hub id or folder)",
+    )
+    task.add_argument(
         "--classes",
         default=None,
         choices=("all", "present"),
         help="pc59 captions: all 59 class names (default, OVDiff's protocol) or only the image's (an oracle)",
     )
-    add_output_options(parser, "RUN_DIR: predictions.jsonl + summary.json go there; rerun to resume", required=False)
-    add_model_options(parser, preset_help="model setup (default: the dataset's, e.g. shapes for shapes, else sd15)")
+    add_output_options(
+        parser, "RUN_DIR: predictions.jsonl, parses.jsonl, summary.json go there; rerun to resume", required=False
+    )
+    add_model_options(
+        parser, preset_help="model setup (default: the dataset's: ldm, the paper's backbone; shapes for shapes)"
+    )
     add_segmenter_options(parser)
     add_method_options(parser)
+    add_parser_options(parser)
     for report in ("--ablation", "--localization"):
         add_renamed_option(parser, report, f"`anyword shapes {report.removeprefix('--')}`", " (a shapes report)")
     parser.set_defaults(run=run)
@@ -79,7 +100,7 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """A dataset evaluation into --out: resumable, sharded when started by `accelerate launch`."""
-    from anyword.evaluation import DatasetOptions, get_dataset_spec, make_task, open_dataset, print_table
+    from anyword.evaluation import get_dataset_spec, make_task, print_table
     from anyword.evaluation.run import current_processes, preflight, run_evaluation
 
     if args.out is None:
@@ -89,27 +110,31 @@ def run(args: argparse.Namespace) -> int:
         )
     spec = get_dataset_spec(args.dataset)
     preflight(Path(args.out))
-    options = DatasetOptions(
-        split=args.split or spec.default_split,
-        root=Path(args.data_root) if args.data_root else None,
-        image_root=Path(args.image_root) if args.image_root else None,
-        count=args.start + (args.n or 100),
-        image_size=args.image_size,
-        classes=args.classes or "all",
-    )
-    dataset = open_dataset(args.dataset, options)
+    scenes = args.start + (args.n or 100) if args.draw is None else DRAW_SCENES
+    dataset = dataset_from(args, split=args.split or spec.default_split, count=scenes)
     task = make_task(
         dataset,
-        referent=args.referent or "first",
-        no_target=None if args.no_target is None else args.no_target == "on",
+        referent=args.referent,
+        no_target=args.no_target == "on",
         threshold=args.no_target_threshold,
+        score_at=args.score_at,
+        recall_model=args.recall_model,
     )
     _, state = current_processes()
     device = args.device or (str(state.device) if state is not None else None)
-    pipeline = make_pipeline(args, default_preset=spec.preset, device=device, progress=False)
+    prompt = "referring" if args.referent == "subject" else "concepts"  # appendix F's prompt asks for the subject
+    pipeline = make_pipeline(args, default_preset=spec.preset, device=device, progress=False, prompt=prompt)
     warn_cost(pipeline, args)
     summary = run_evaluation(
-        pipeline, pipeline.settings, dataset, task, args.out, start=args.start, n=args.n, progress=not args.quiet
+        pipeline,
+        pipeline.settings,
+        dataset,
+        task,
+        args.out,
+        start=args.start,
+        n=args.n,
+        progress=not args.quiet,
+        draw_seed=args.draw,
     )
     if summary is None:  # another process of the run: the main one reports
         return EXIT_OK

@@ -9,6 +9,7 @@ Segment Anyword_f (an adapter and the preset's fast budget), ``--compile`` the c
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING
 
 from anyword.cli.values import fraction, non_negative_int, number, positive_float, positive_int, preset_name, seed
@@ -33,7 +34,9 @@ def add_model_options(parser: argparse.ArgumentParser, preset_help: str, model: 
     group = parser.add_argument_group("models")
     group.add_argument("--preset", default=None, type=preset_name, help=preset_help)
     if model:
-        group.add_argument("--model", default=None, help="hub id or local diffusers folder overriding the preset")
+        group.add_argument(
+            "--model", default=None, help="hub id or local folder of the preset's kind of weights (sd15, ldm ...)"
+        )
     add_device_options(group)
     group.add_argument(
         "--compile",
@@ -42,6 +45,30 @@ def add_model_options(parser: argparse.ArgumentParser, preset_help: str, model: 
         "after a one-time compile (`anyword bench --speed` measures it)",
     )
     group.add_argument("--fast-path", action=DeprecatedFlag, nargs=0, dest="compile", help=argparse.SUPPRESS)
+
+
+def add_dataset_options(parser: argparse.ArgumentParser, dataset_default: str | None, split_help: str):
+    """--dataset, --data-root, --image-root, --split, --image-size (the group, for a command's own additions)."""
+    from anyword.evaluation import DATASETS
+
+    group = parser.add_argument_group("dataset")
+    group.add_argument(
+        "--dataset",
+        default=dataset_default,
+        required=dataset_default is None,
+        choices=list(DATASETS),
+        help="the benchmark" + (" (default: the shapes world)" if dataset_default else ""),
+    )
+    group.add_argument("--data-root", default=None, metavar="DIR", help="the dataset's folder (official layout)")
+    group.add_argument(
+        "--image-root",
+        default=None,
+        metavar="DIR",
+        help="images elsewhere (default: the layout's, e.g. DATA_ROOT/images/train2014 for the COCO-based sets)",
+    )
+    group.add_argument("--split", default=None, help=split_help)
+    group.add_argument("--image-size", type=positive_int, default=128, help="shapes datasets: scene size (pixels)")
+    return group
 
 
 def add_device_options(group) -> None:
@@ -83,8 +110,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         nargs="+",
         default=None,
-        help="attention grids to average (default: the model's grid nearest a quarter of its latent side, 16 for "
-        "Stable Diffusion 1.x)",
+        help="attention grids to average (default: the paper's 16x16 where the model has it, else the grid nearest a "
+        "quarter of its latent side)",
     )
     group.add_argument("--resize", choices=("stretch", "pad"), default=None, help="image -> square model input")
     group.add_argument("--threshold", type=fraction, default=None, help="attention threshold (paper: 0.7)")
@@ -119,7 +146,16 @@ def add_parser_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="treat 'image', 'photo', 'scene', 'left', 'background' ... as concepts too",
     )
-    group.add_argument("--llm-model", default=None, help="LLM name for --parser openai (default gpt-4o)")
+    group.add_argument(
+        "--spacy-model",
+        default=None,
+        metavar="NAME",
+        help="spaCy pipeline for --parser spacy (and the LLM's fallback), e.g. the paper's en_core_web_trf "
+        "(default: en_core_web_sm)",
+    )
+    group.add_argument(
+        "--llm-model", default=None, help="LLM name for --parser openai, e.g. a Vicuna served by vLLM (default gpt-4o)"
+    )
     group.add_argument(
         "--base-url", default=None, help="OpenAI-compatible server URL (default: OPENAI_BASE_URL, else OpenAI)"
     )
@@ -140,6 +176,12 @@ def add_output_options(
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
     if progress:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def report(args: argparse.Namespace, summary: dict, line: str) -> int:
+    """A command's outcome: ``summary`` as one JSON object with --json, else the sentence ``line``."""
+    print(json.dumps(summary, ensure_ascii=False) if args.json else line)
+    return EXIT_OK
 
 
 def add_renamed_option(parser: argparse.ArgumentParser, old: str, new: str, why: str = "") -> None:

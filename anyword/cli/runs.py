@@ -16,16 +16,34 @@ if TYPE_CHECKING:
 
 
 def preset_from(args: argparse.Namespace, default: str | None = None) -> Preset:
-    """``--model`` as a preset set up like sd15, else ``--preset``, else ``default`` (else the default preset)."""
-    from anyword.presets import DEFAULT_PRESET, custom_preset, get_preset
+    """``--preset`` (else ``default``, else the default preset), with ``--model``'s weights when given."""
+    from anyword.presets import DEFAULT_PRESET, get_preset
 
-    if getattr(args, "model", None):
-        return custom_preset(args.model)
-    return get_preset(args.preset or default or DEFAULT_PRESET)
+    preset = get_preset(args.preset or default or DEFAULT_PRESET)
+    return preset.with_model(args.model) if getattr(args, "model", None) else preset
 
 
-def make_caption_parser(args: argparse.Namespace, overrides: Overrides):
-    """The caption parser the options ask for (``--parser``, the LLM options, what counts as a concept)."""
+def dataset_from(args: argparse.Namespace, split: str, count: int):
+    """The dataset the dataset options name (:func:`~anyword.cli.options.add_dataset_options`), opened at
+    ``split``; ``count`` scenes for the shapes world."""
+    from pathlib import Path
+
+    from anyword.evaluation import DatasetOptions, open_dataset
+
+    options = DatasetOptions(
+        split=split,
+        root=Path(args.data_root) if args.data_root else None,
+        image_root=Path(args.image_root) if args.image_root else None,
+        count=count,
+        image_size=args.image_size,
+        classes=getattr(args, "classes", None) or "all",
+    )
+    return open_dataset(args.dataset, options)
+
+
+def make_caption_parser(args: argparse.Namespace, overrides: Overrides, prompt: str = "concepts"):
+    """The caption parser the options ask for (``--parser``, ``--spacy-model``, the LLM options, what counts as a
+    concept); ``prompt`` is the LLM's task ("concepts", or "referring": the one referred object)."""
     from anyword.parsing import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, make_parser
     from anyword.settings import parse_settings
 
@@ -35,14 +53,20 @@ def make_caption_parser(args: argparse.Namespace, overrides: Overrides):
         model=getattr(args, "llm_model", None) or DEFAULT_MODEL,
         base_url=getattr(args, "base_url", None),
         timeout_s=getattr(args, "llm_timeout", None) or DEFAULT_TIMEOUT_S,
+        prompt=prompt,
+        spacy_model=getattr(args, "spacy_model", None),
     )
 
 
 def make_pipeline(
-    args: argparse.Namespace, default_preset: str | None = None, device: str | None = None, progress: bool = True
+    args: argparse.Namespace,
+    default_preset: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    prompt: str = "concepts",
 ) -> SegmentAnyword:
     """The pipeline the options describe: preset (or --model), its settings with the options' overrides, the
-    adapter (:func:`~anyword.adapters.choose_adapter`), segmenter, parser, device, speed."""
+    adapter (:func:`~anyword.adapters.choose_adapter`), segmenter, parser (asked ``prompt``), device, speed."""
     from anyword.adapters import choose_adapter
     from anyword.pipeline import SegmentAnyword
 
@@ -51,7 +75,7 @@ def make_pipeline(
     return SegmentAnyword(
         preset,
         segmenter=args.segmenter,
-        parser=make_caption_parser(args, overrides),
+        parser=make_caption_parser(args, overrides, prompt),
         settings=preset.settings(overrides),
         segmenter_model=args.segmenter_model,
         segmenter_checkpoint=getattr(args, "segmenter_checkpoint", None),

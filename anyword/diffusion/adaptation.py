@@ -293,7 +293,7 @@ def _step(backbone: Backbone, encoder, prepared: _Prepared, settings: AdaptSetti
     target = training_target(scheduler, clean, noise, timesteps)
     autocast = backbone.device.type == "cuda" and backbone.dtype != torch.float32
     with torch.autocast(backbone.device.type, dtype=backbone.dtype, enabled=autocast):
-        states = encoder(prepared.input_ids[index.to(prepared.input_ids.device)])[0]
+        states = encoder(prepared.input_ids[index.to(prepared.input_ids.device)], return_dict=True)[0]
         prediction = backbone.unet(noisy, timesteps, encoder_hidden_states=states.to(backbone.dtype)).sample
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
 

@@ -18,6 +18,8 @@ import torch
 from anyword.diffusion.attention import cross_attention_grids
 from anyword.diffusion.speed import EAGER, SpeedSettings, compiled_unet, memory_format
 
+PAPER_GRID = 16  # the paper averages cross-attention on the 16x16 layers (appendix C.1)
+
 
 @dataclass
 class Backbone:
@@ -26,8 +28,8 @@ class Backbone:
     Attributes:
         name: preset name or model id, for reports.
         unet: ``diffusers.UNet2DConditionModel`` (epsilon- or v-prediction, as the scheduler says).
-        text_encoder: ``transformers.CLIPTextModel``.
-        tokenizer: the matching CLIP tokenizer.
+        text_encoder: ``transformers.CLIPTextModel`` (Stable Diffusion) or diffusers' ``LDMBertModel`` (LDM).
+        tokenizer: the matching tokenizer (CLIP's BPE, BERT's WordPiece).
         scheduler: ``diffusers.DDIMScheduler``; its ``alphas_cumprod`` drive inversion and denoising.
         vae: ``diffusers.AutoencoderKL``, or ``None`` for a pixel-space model (latents = pixels scaled to [-1, 1]).
         resolution: side of the square model input in pixels.
@@ -36,6 +38,9 @@ class Backbone:
         source: where the weights came from (hub id, folder, "random"; "+ adapter ID" once one is merged).
         adapter: the id of the text-encoder adapter merged into ``text_encoder``, or ``None``.
         speed: how the UNet runs (:mod:`anyword.diffusion.speed`; eager by default).
+        out_of_vocabulary: how prompt learning starts a word that is not one token of the vocabulary: "pieces"
+            (from its pieces' embeddings, as for CLIP's BPE) or "random" (a seeded random vector: the paper's rule
+            for BERT, appendix C.1).
     """
 
     name: str
@@ -51,6 +56,7 @@ class Backbone:
     source: str = ""
     adapter: str | None = None
     speed: SpeedSettings = EAGER
+    out_of_vocabulary: str = "pieces"
     _learning_unet: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -60,6 +66,11 @@ class Backbone:
 
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.unet, self.text_encoder, self.vae) if m is not None]
+
+    @property
+    def text_length(self) -> int:
+        """Tokens the text encoder reads (77 for CLIP and LDM's BERT: start, 75 caption tokens, end)."""
+        return int(self.text_encoder.config.max_position_embeddings)
 
     @property
     def prediction_type(self) -> str:
@@ -80,8 +91,11 @@ class Backbone:
 
     @property
     def default_attention_grid(self) -> int:
-        """The grid the paper's averaging uses on this model: the one nearest a quarter of the latent side (16 for
-        Stable Diffusion 1.x at 512 px, as in the paper; 24 for a 768 px model; the larger one on a tie)."""
+        """The grid the paper's averaging uses on this model: its 16x16 layers where it has them (Stable Diffusion
+        1.x at 512 px, the LDM at 256 px: the paper's, after MCPL and Prompt-to-Prompt); elsewhere the grid nearest
+        a quarter of the latent side (24 for a 768 px Stable Diffusion; the larger one on a tie)."""
+        if PAPER_GRID in self.attention_grids:
+            return PAPER_GRID
         quarter = self.resolution // self.latent_factor / 4
         return min(self.attention_grids, key=lambda side: (abs(side - quarter), -side))
 
@@ -113,9 +127,9 @@ class Backbone:
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
         if embeddings is None:
-            return self.text_encoder(ids)[0]
+            return self.text_encoder(ids, return_dict=True)[0]
         with override_token_embeddings(self.text_encoder, embeddings.positions, embeddings.position_vectors()):
-            return self.text_encoder(ids)[0]
+            return self.text_encoder(ids, return_dict=True)[0]
 
     def unet_forward(
         self, latents: torch.Tensor, timesteps, text_states: torch.Tensor, learning: bool = False

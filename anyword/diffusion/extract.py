@@ -42,9 +42,10 @@ class DiffusionSettings:
         inversion_steps: DDIM steps for inversion and denoising (50).
         direct_inversion: add the inversion/denoising gap at each step (Ju et al. 2024).
         learning: prompt-learning settings (1100 steps in the paper, 0 to skip).
-        attention_resolutions: query-grid sides whose cross-attention is averaged; ``None``: the model's grid
-            nearest a quarter of its latent side (:attr:`Backbone.default_attention_grid`: 16 for SD 1.x at 512 px,
-            the paper's 16x16 layers). Add 32/64 for small objects. Results record the grids actually used.
+        attention_resolutions: query-grid sides whose cross-attention is averaged; ``None``: the paper's 16x16
+            layers where the model has them (SD 1.x at 512 px, LDM at 256 px), else its grid nearest a quarter of
+            the latent side (:attr:`Backbone.default_attention_grid`). Add 32/64 for small objects. Results record
+            the grids actually used.
         attention_timesteps: ``(low, high)``: average only denoising steps with ``low <= t <= high`` (None: all).
         resize: how the image becomes the square model input, "stretch" or "pad" (see :class:`ImageFrame`).
         seed: seeds prompt learning's timesteps and noise.

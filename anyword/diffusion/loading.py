@@ -3,8 +3,9 @@ configs for tests (``tiny``) and for timing the real architecture (``sd15-random
 loader is declared once, in :mod:`anyword.presets`.
 
 Pretrained weights load from the Hugging Face cache, downloading only the safetensors the pipeline needs (UNet,
-VAE, text encoder, tokenizer, scheduler; no safety checker). Offline (``HF_HUB_OFFLINE=1`` or no network) and not
-cached, loading raises :class:`ModelUnavailableError` naming the model, the cache folder and how to get it.
+VAE, text encoder, tokenizer, scheduler; no safety checker: :func:`sd_layouts`, :mod:`anyword.repository`).
+Offline (``HF_HUB_OFFLINE=1`` or no network) and not cached, loading raises :class:`ModelUnavailableError` naming
+the model, the cache folder and how to get it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 
 from anyword.devices import pick_device, pick_dtype
 from anyword.diffusion.backbone import Backbone
-from anyword.downloads import Availability, reachable
+from anyword.downloads import Availability
 from anyword.errors import ModelUnavailableError
+from anyword.repository import Layout, availability, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -203,12 +205,24 @@ def _build_random(
 # --- pretrained models ---------------------------------------------------------------------------------------
 
 
+def sd_layouts(variant: str | None) -> list[Layout]:
+    """The files of a Stable Diffusion v1.x repository the pipeline reads, the ``variant`` (fp16) first when asked:
+    UNet, VAE, text encoder, tokenizer, scheduler; safetensors only; no safety checker."""
+
+    def layout(chosen: str | None) -> Layout:
+        suffix = f".{chosen}.safetensors" if chosen else ".safetensors"
+        weights = {part: (f"{stem}{suffix}",) for part, stem in _WEIGHTS.items()}
+        return Layout("Stable Diffusion weights", tuple(_CONFIGS), weights, chosen)
+
+    return [layout(chosen) for chosen in dict.fromkeys([variant, None])]
+
+
 def _load_pretrained(name: str, model: str, device: torch.device, dtype: torch.dtype) -> Backbone:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    variant = "fp16" if dtype == torch.float16 else None
-    root, variant = resolve_model_files(model, variant)
+    root, layout = resolve(model, sd_layouts("fp16" if dtype == torch.float16 else None))
+    variant = layout.variant if layout.complete(root) else None
     try:
         unet = UNet2DConditionModel.from_pretrained(
             root, subfolder="unet", torch_dtype=dtype, variant=variant, use_safetensors=True
@@ -230,8 +244,6 @@ def _load_pretrained(name: str, model: str, device: torch.device, dtype: torch.d
     unet.to(device)
     vae.to(device)
     text_encoder.to(device)
-    sample = unet.config.sample_size
-    resolution = (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae.config.block_out_channels) - 1)
     return Backbone(
         name=name,
         unet=unet,
@@ -239,7 +251,7 @@ def _load_pretrained(name: str, model: str, device: torch.device, dtype: torch.d
         tokenizer=tokenizer,
         scheduler=scheduler,
         vae=vae,
-        resolution=resolution,
+        resolution=input_resolution(unet, vae),
         device=device,
         dtype=dtype,
         random_weights=False,
@@ -247,107 +259,12 @@ def _load_pretrained(name: str, model: str, device: torch.device, dtype: torch.d
     )
 
 
-def resolve_model_files(model: str, variant: str | None) -> tuple[str, str | None]:
-    """A local folder holding ``model``'s weights: ``model`` itself if it is a folder, else its Hugging Face cache
-    snapshot (downloaded if missing and allowed). Returns the folder and the weight variant found there."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path), variant if _has_weights(path, variant) else None
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "org/name" hub id
-        raise ModelUnavailableError(f"model folder not found: {model}")
-    cached = _cached_snapshot(model, variant)
-    if cached is not None:
-        return cached
-    reason = _download_unavailable_reason(model)
-    if reason is not None:
-        raise ModelUnavailableError(reason)
-    return _download(model, variant)
-
-
-def _patterns(variant: str | None) -> list[str]:
-    suffix = f".{variant}.safetensors" if variant else ".safetensors"
-    return [*_CONFIGS, *(f"{part}/{stem}{suffix}" for part, stem in _WEIGHTS.items())]
-
-
-def _cached_snapshot(model: str, variant: str | None) -> tuple[str, str | None] | None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    for candidate in dict.fromkeys([variant, None]):
-        try:
-            folder = Path(snapshot_download(model, allow_patterns=_patterns(candidate), local_files_only=True))
-        except LocalEntryNotFoundError:
-            continue
-        if _has_weights(folder, candidate):
-            return str(folder), candidate
-    return None
-
-
-def _how_to_get(model: str) -> str:
-    return (
-        f"To get them, run `hf download {model}` on a machine with network (or copy its Hugging Face cache "
-        f"folder here), or pass a local diffusers folder with --model PATH. Without them, --preset tiny runs the "
-        "whole pipeline with random weights."
-    )
+def input_resolution(unet, vae) -> int:
+    """The square input side a UNet and autoencoder are made for (latent side x the autoencoder's factor)."""
+    sample = unet.config.sample_size
+    return (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def sd_availability(model: str) -> Availability:
-    """Whether Stable Diffusion ``model`` (hub id or local folder) can load here: found in a folder or the Hugging
-    Face cache, downloadable, or missing (with the reason). Fast: looks at the cache, ``HF_HUB_OFFLINE`` and
-    whether the hub answers within seconds; downloads nothing."""
-    from huggingface_hub import constants
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if _has_weights(path, "fp16") or _has_weights(path, None):
-            return Availability("local", str(path))
-        return Availability("missing", str(path), f"{path} holds no diffusers Stable Diffusion safetensors")
-    for variant in ("fp16", None):
-        cached = _cached_snapshot(model, variant)
-        if cached is not None:
-            return Availability("cached", cached[0])
-    reason = _download_unavailable_reason(model)
-    return Availability("missing" if reason else "downloadable", constants.HF_HUB_CACHE, reason)
-
-
-def _download_unavailable_reason(model: str) -> str | None:
-    """Why ``model``, not in the cache, cannot be downloaded now (offline mode, hub unreachable), or ``None``."""
-    from huggingface_hub import constants
-
-    cache = constants.HF_HUB_CACHE
-    if constants.HF_HUB_OFFLINE:
-        return (
-            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
-            f"is set. {_how_to_get(model)}"
-        )
-    if not reachable(constants.ENDPOINT):
-        return (
-            f"Stable Diffusion weights '{model}' are not in the Hugging Face cache ({cache}) and "
-            f"{constants.ENDPOINT} cannot be reached (offline?). {_how_to_get(model)}"
-        )
-    return None
-
-
-def _download(model: str, variant: str | None) -> tuple[str, str | None]:
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
-
-    logger.warning("downloading %s into %s (first use only)", model, constants.HF_HUB_CACHE)
-    last_error: Exception | None = None
-    for candidate in dict.fromkeys([variant, None]):
-        try:
-            folder = Path(snapshot_download(model, allow_patterns=_patterns(candidate)))
-        except (HfHubHTTPError, OSError) as error:
-            last_error = error
-            continue
-        if _has_weights(folder, candidate):
-            return str(folder), candidate
-    raise ModelUnavailableError(
-        f"could not download Stable Diffusion weights '{model}' into {constants.HF_HUB_CACHE}: "
-        f"{last_error or 'no safetensors found'}. {_how_to_get(model)}"
-    )
-
-
-def _has_weights(folder: Path, variant: str | None) -> bool:
-    suffix = f".{variant}.safetensors" if variant else ".safetensors"
-    return all((folder / part / f"{stem}{suffix}").is_file() for part, stem in _WEIGHTS.items())
+    """Whether Stable Diffusion ``model`` (hub id or local folder) can load here (see :func:`availability`)."""
+    return availability(model, sd_layouts("fp16"))

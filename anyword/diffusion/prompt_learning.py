@@ -48,7 +48,8 @@ class LearningSettings:
 @dataclass(frozen=True)
 class EmbeddingSlot:
     """One learned vector: piece ``piece`` of ``word`` in concept ``concept_id`` (noun or adjective), used at
-    ``positions`` and initialised from vocabulary token ``token_id``."""
+    ``positions`` and initialised from vocabulary token ``token_id``; ``in_vocabulary``: the word is one token of
+    the vocabulary (not several pieces, not the unknown token)."""
 
     concept_id: int
     role: str
@@ -56,6 +57,7 @@ class EmbeddingSlot:
     piece: int
     token_id: int
     positions: tuple[int, ...]
+    in_vocabulary: bool = True
 
 
 @dataclass
@@ -126,33 +128,54 @@ class LearnedEmbeddings:
         )
 
 
-def embedding_slots(alignment: TokenAlignment) -> tuple[EmbeddingSlot, ...]:
-    """One slot per word piece of each concept's noun and adjectives; mentions of the same word share it."""
+def embedding_slots(alignment: TokenAlignment, unknown_id: int | None = None) -> tuple[EmbeddingSlot, ...]:
+    """One slot per word piece of each concept's noun and adjectives; mentions of the same word share it. A word
+    is in the vocabulary when it is one token other than ``unknown_id``."""
     slots: dict[tuple, list] = {}
+    in_vocabulary: dict[tuple, bool] = {}
     for concept in alignment.concepts:
         words = [("noun", w) for w in concept.noun]
         words += [("adjective", w) for _, occurrences in concept.adjectives for w in occurrences]
         for role, word in words:
+            single = len(word.positions) == 1 and alignment.input_ids[word.positions[0]] != unknown_id
             for piece, position in enumerate(word.positions):
                 key = (concept.concept_id, role, word.word.lower(), piece)
                 slots.setdefault(key, []).append(position)
+                in_vocabulary[key] = in_vocabulary.get(key, True) and single
     taken: set[int] = set()
     result = []
     for (concept_id, role, word, piece), positions in slots.items():
         positions = tuple(p for p in sorted(set(positions)) if p not in taken)
         taken.update(positions)
         if positions:
-            result.append(EmbeddingSlot(concept_id, role, word, piece, alignment.input_ids[positions[0]], positions))
+            token_id = alignment.input_ids[positions[0]]
+            known = in_vocabulary[(concept_id, role, word, piece)]
+            result.append(EmbeddingSlot(concept_id, role, word, piece, token_id, positions, known))
     return tuple(result)
 
 
-def initial_embeddings(backbone, alignment: TokenAlignment, key: str = "") -> LearnedEmbeddings:
-    """Slots initialised from the (frozen) vocabulary embeddings: a per-run copy, float32."""
-    slots = embedding_slots(alignment)
+def initial_embeddings(backbone, alignment: TokenAlignment, key: str = "", seed: int = 0) -> LearnedEmbeddings:
+    """Slots initialised from the (frozen) vocabulary embeddings: a per-run copy, float32. Where the backbone says
+    so (``out_of_vocabulary == "random"``: BERT, the paper's rule), a word that is not one vocabulary token starts
+    from a random vector instead: normal, with the embedding table's standard deviation, drawn from a generator
+    seeded by ``seed`` and the word (the same word starts from the same vector in every run)."""
+    slots = embedding_slots(alignment, getattr(backbone.tokenizer, "unk_token_id", None))
     table = backbone.text_encoder.get_input_embeddings().weight
     ids = torch.tensor([s.token_id for s in slots], dtype=torch.long, device=table.device)
     vectors = table[ids].detach().float().clone()
+    if getattr(backbone, "out_of_vocabulary", "pieces") == "random":
+        scale = float(table.detach().float().std())
+        for index, slot in enumerate(slots):
+            if not slot.in_vocabulary:
+                generator = torch.Generator().manual_seed(_word_seed(seed, slot))
+                vectors[index] = (torch.randn(vectors.shape[1], generator=generator) * scale).to(vectors.device)
     return LearnedEmbeddings(slots=slots, vectors=vectors, initial=vectors.detach().cpu().clone(), key=key)
+
+
+def _word_seed(seed: int, slot: EmbeddingSlot) -> int:
+    """A seed for one piece of one word, the same in every process (Python's ``hash`` of text is not)."""
+    text = f"{seed}:{slot.role}:{slot.word}:{slot.piece}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
 
 
 def learn_embeddings(
@@ -170,7 +193,7 @@ def learn_embeddings(
     Random timesteps and noise come from a CPU generator seeded with ``seed``, so runs are reproducible on any
     device. The backbone's parameters stay frozen and unchanged.
     """
-    learned = initial_embeddings(backbone, alignment, key)
+    learned = initial_embeddings(backbone, alignment, key, seed)
     if settings.steps <= 0 or not learned.slots:
         return learned
     scheduler = backbone.scheduler
@@ -211,7 +234,7 @@ def learn_embeddings(
     learned.losses = torch.stack(losses).float().cpu().tolist() if sync_free and losses else losses
     if sync_free and not torch.isfinite(vectors).all():  # an unscaled step went non-finite: keep the start
         logger.warning("prompt learning diverged (non-finite embeddings); the initial embeddings are kept")
-        return initial_embeddings(backbone, alignment, key)
+        return initial_embeddings(backbone, alignment, key, seed)
     learned.vectors = vectors.detach()
     return learned
 

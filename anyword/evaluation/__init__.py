@@ -12,13 +12,22 @@ from pathlib import Path
 
 from anyword.errors import AnywordError
 from anyword.evaluation.base import GROUNDED, REFERRING, SEMANTIC, EvalDataset, Sample
-from anyword.evaluation.grandf import GranDf
+from anyword.evaluation.grandf import GranDf, GranDfTrain
 from anyword.evaluation.pascal_context import PascalContext59
+from anyword.evaluation.phrase_similarity import RECALL_MODEL
 from anyword.evaluation.referring import GRefCoco, RefCoco, RefCocoG, RefCocoPlus
 from anyword.evaluation.run import print_table, run_evaluation
 from anyword.evaluation.shapes_scenes import SHAPES_DATASET, ShapesReferring, ShapesScenes
-from anyword.evaluation.tasks import REFERENT_CHOICES, Grounded, NoTargetRule, Referring, Semantic, Task
-from anyword.presets import DEFAULT_PRESET, SHAPES_PRESET
+from anyword.evaluation.tasks import (
+    REFERENT_CHOICES,
+    SCORING_CHOICES,
+    Grounded,
+    NoTargetRule,
+    Referring,
+    Semantic,
+    Task,
+)
+from anyword.presets import LDM_PRESET, SHAPES_PRESET
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,9 @@ class DatasetOptions:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset the harness knows: how to open it, its splits, whether it has a data root, and whether the
-    no-target rule is on by default (only where the benchmark scores "no target")."""
+    """A dataset the harness knows: how to open it, its splits, whether it has a data root, the preset that
+    evaluates it by default (the paper's LDM for the benchmarks, the shapes model for the shapes world) and, for
+    referring data, where masks are scored by default (``official``: as the benchmark's evaluator does)."""
 
     name: str
     description: str
@@ -46,24 +56,35 @@ class DatasetSpec:
     splits: tuple[str, ...]
     default_split: str
     needs_root: bool = True
-    no_target: bool = False
-    preset: str = DEFAULT_PRESET
+    preset: str = LDM_PRESET
+    score_at: str = "native"
 
 
 def _coco_opener(kind):
     return lambda o: kind(o.root, o.split, o.image_root)
 
 
+def _grandf_opener(options: DatasetOptions) -> EvalDataset:
+    kind = GranDfTrain if options.split in GranDfTrain.splits else GranDf  # the training split has its own layout
+    return kind(options.root, options.split, options.image_root)
+
+
 DATASETS = {
     "grefcoco": DatasetSpec(
         "grefcoco", "gRefCOCO (ReLA): multi-target and no-target expressions", _coco_opener(GRefCoco),
-        GRefCoco.splits, "val", no_target=True,
+        GRefCoco.splits, "val", score_at="official",
     ),
-    "refcoco": DatasetSpec("refcoco", "RefCOCO (unc)", _coco_opener(RefCoco), RefCoco.splits, "val"),
-    "refcoco+": DatasetSpec("refcoco+", "RefCOCO+ (unc)", _coco_opener(RefCocoPlus), RefCocoPlus.splits, "val"),
-    "refcocog": DatasetSpec("refcocog", "RefCOCOg (umd)", _coco_opener(RefCocoG), RefCocoG.splits, "val"),
+    "refcoco": DatasetSpec(
+        "refcoco", "RefCOCO (unc)", _coco_opener(RefCoco), RefCoco.splits, "val", score_at="official"
+    ),
+    "refcoco+": DatasetSpec(
+        "refcoco+", "RefCOCO+ (unc)", _coco_opener(RefCocoPlus), RefCocoPlus.splits, "val", score_at="official"
+    ),
+    "refcocog": DatasetSpec(
+        "refcocog", "RefCOCOg (umd)", _coco_opener(RefCocoG), RefCocoG.splits, "val", score_at="official"
+    ),
     "grandf": DatasetSpec(
-        "grandf", "GranDf grounded conversation (GLaMM)", _coco_opener(GranDf), GranDf.splits, "val"
+        "grandf", "GranDf grounded conversation (GLaMM)", _grandf_opener, (*GranDfTrain.splits, *GranDf.splits), "val"
     ),
     "pc59": DatasetSpec(
         "pc59", "PASCAL-Context 59 classes", lambda o: PascalContext59(o.root, o.split, o.image_root, o.classes),
@@ -77,7 +98,7 @@ DATASETS = {
     "shapes-referring": DatasetSpec(
         "shapes-referring", "shape scenes with referring expressions, half naming an absent shape",
         lambda o: ShapesReferring(o.split, o.count, o.image_size), ShapesReferring.splits, "seen",
-        needs_root=False, no_target=True, preset=SHAPES_PRESET,
+        needs_root=False, preset=SHAPES_PRESET,
     ),
 }  # fmt: skip
 
@@ -100,22 +121,30 @@ def open_dataset(name: str, options: DatasetOptions) -> EvalDataset:
 
 
 def make_task(
-    dataset: EvalDataset, referent: str = "first", no_target: bool | None = None, threshold: float | None = None
+    dataset: EvalDataset,
+    referent: str = "match",
+    no_target: bool = False,
+    threshold: float | None = None,
+    score_at: str | None = None,
+    recall_model: str = RECALL_MODEL,
 ) -> Task:
-    """The task that scores ``dataset``; for referring data, the referent rule and the no-target rule (on by
-    default where the dataset scores it)."""
+    """The task that scores ``dataset``: for referring data the referent rule, the no-target rule (off unless
+    asked: the paper describes none) and where masks are scored (default: the dataset's); for grounded data the
+    model of GranDf's recall."""
     if dataset.task == REFERRING:
-        enabled = get_dataset_spec(dataset.name).no_target if no_target is None else no_target
-        rule = NoTargetRule(enabled) if threshold is None else NoTargetRule(enabled, threshold)
-        return Referring(referent=referent, no_target=rule)
-    return Grounded() if dataset.task == GROUNDED else Semantic()
+        rule = NoTargetRule(no_target) if threshold is None else NoTargetRule(no_target, threshold)
+        where = score_at or get_dataset_spec(dataset.name).score_at
+        return Referring(referent=referent, no_target=rule, score_at=where)
+    return Grounded(recall_model=recall_model) if dataset.task == GROUNDED else Semantic()
 
 
 __all__ = [
     "DATASETS",
     "GROUNDED",
+    "RECALL_MODEL",
     "REFERENT_CHOICES",
     "REFERRING",
+    "SCORING_CHOICES",
     "SEMANTIC",
     "SHAPES_DATASET",
     "DatasetOptions",

@@ -121,6 +121,17 @@ class EvalDataset(ABC):
         """The sample's ground truth (a :class:`ReferringTarget`, :class:`GroundedTarget` or
         :class:`SemanticTarget`, as :attr:`task` says)."""
 
+    def pair_caption(self, sample: Sample) -> str:
+        """The text of the sample as a training pair for ``anyword adapt`` (``anyword pairs``): its caption;
+        datasets without captions say what stands in for one."""
+        return sample.caption
+
+    def target_at(self, sample: Sample, size: tuple[int, int]) -> ReferringTarget:
+        """A referring sample's ground truth at ``size`` (``(height, width)``), as an evaluator that resizes
+        images before scoring sees it: here its mask resized (nearest); COCO loaders rasterise polygons there."""
+        target = self.target(sample)
+        return ReferringTarget(resize_nearest(target.mask, size), target.empty)
+
     def describe(self) -> dict:
         """What the summary records about the data (name, split, where it was read)."""
         return {"dataset": self.name, "split": self.split, "task": self.task}
@@ -132,3 +143,14 @@ def image_path(root: Path, file_name: str) -> Path:
     if root.resolve() not in path.parents:
         raise AnywordError(f"image name {file_name!r} points outside {root}")
     return path
+
+
+def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool ``(H, W)`` mask resized to ``size`` (``(height, width)``) by nearest neighbour, as detectron2's
+    ``ResizeTransform.apply_segmentation`` does (PIL, ``NEAREST``)."""
+    from PIL import Image
+
+    if mask.shape == tuple(size):
+        return mask.copy()
+    resized = Image.fromarray(mask.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(resized).astype(bool)

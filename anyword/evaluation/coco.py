@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from anyword.errors import AnywordError
+from anyword.evaluation.base import resize_nearest
 from anyword.images import MAX_IMAGE_PIXELS
 from anyword.rle import RleError
 from anyword.rle import decode as decode_rle
@@ -51,23 +52,31 @@ def whole_number(value, where: str, field: str, low: int = 0) -> int:
     return value
 
 
-def segmentation_mask(segmentation, height: int, width: int, where: str = "a segmentation") -> np.ndarray:
+def segmentation_mask(
+    segmentation, height: int, width: int, where: str = "a segmentation", at: tuple[int, int] | None = None
+) -> np.ndarray:
     """An annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) as a bool mask of the image's
-    ``(height, width)``. Polygons with fewer than 3 points (or an odd number of coordinates) are dropped, as
-    detectron2's COCO loader does for ReLA; coordinates must be finite numbers within the image's range."""
+    ``(height, width)``, or of ``at`` when given (the image resized there: polygons scaled and rasterised at that
+    size, RLE resized by nearest neighbour, as detectron2's transforms do for ReLA). Polygons with fewer than 3
+    points (or an odd number of coordinates) are dropped, as detectron2's COCO loader does for ReLA; coordinates
+    must be finite numbers within the image's range."""
     if isinstance(segmentation, dict):
         try:
-            return decode_rle(segmentation, (height, width))
+            mask = decode_rle(segmentation, (height, width))
         except RleError as error:
             raise DatasetError(f"{where}: 'segmentation': {error}") from None
+        return mask if at is None else resize_nearest(mask, at)
     if not isinstance(segmentation, list) or not all(isinstance(part, list) for part in segmentation):
         raise DatasetError(f"{where}: 'segmentation' must be polygons (lists of numbers) or an RLE object")
     polygons = [_polygon(part, height, width, where) for part in segmentation if len(part) >= 6 and len(part) % 2 == 0]
+    out_height, out_width = at or (height, width)
     if not polygons:
-        return np.zeros((height, width), dtype=bool)
+        return np.zeros((out_height, out_width), dtype=bool)
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    scale = np.array([out_width / width, out_height / height])
+    polygons = [(np.asarray(p).reshape(-1, 2) * scale).reshape(-1).tolist() for p in polygons]
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, out_height, out_width))
     return mask_utils.decode(rle).astype(bool)
 
 
@@ -133,12 +142,13 @@ class CocoIndex:
             raise DatasetError(f"{self.path}: no annotation with id {annotation_id!r}")
         return self.annotations[annotation_id]
 
-    def mask(self, annotation_id, size: tuple[int, int] | None = None) -> np.ndarray:
-        """The annotation's mask at ``size`` (``(height, width)``; default: its own image's), as the official
-        loaders rasterise it at the size of the image the ref or caption names."""
+    def mask(self, annotation_id, size: tuple[int, int] | None = None, at: tuple[int, int] | None = None) -> np.ndarray:
+        """The annotation's mask on an image of ``size`` (``(height, width)``; default: its own image's), as the
+        official loaders rasterise it at the size of the image the ref or caption names; ``at``: on that image
+        resized to ``at`` (see :func:`segmentation_mask`)."""
         annotation = self.annotation(annotation_id)
         where = f"{self.path.name} annotation {annotation_id}"
         if "segmentation" not in annotation:
             raise DatasetError(f"{where}: no 'segmentation'")
         height, width = size or self.image_size(annotation.get("image_id"))
-        return segmentation_mask(annotation["segmentation"], height, width, where=where)
+        return segmentation_mask(annotation["segmentation"], height, width, where=where, at=at)

@@ -3,15 +3,26 @@
 ``{split}_gcg_coco_caption_gt.json`` (one annotation per image: ``caption`` and ``labels``, the phrases, in the
 order of the image's masks). Images under ``ROOT/GranDf_HA_images/val_test`` unless ``image_root`` says otherwise.
 The paper segments with the ground-truth caption (section F), so the caption is the sample's text.
+
+The training split (what ``anyword pairs`` samples for Segment Anyword_f) is GLaMM's
+``ROOT/annotations/train/GranDf_HA_GCG_train.json``: a list of ``{"file_name", "caption", "groundings": {phrase:
+{"token_positives", "rle_masks"}}}``, images under ``ROOT/GranDf_HA_images/train`` (GLaMM's ``GranDfDataset``,
+which strips quotes and spaces around the caption and merges a phrase's RLE masks).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from anyword.errors import AnywordError
 from anyword.evaluation.base import GROUNDED, EvalDataset, GroundedTarget, Sample, image_path
 from anyword.evaluation.coco import CocoIndex, DatasetError, is_id, read_json
+from anyword.rle import RleError
+from anyword.rle import decode as decode_rle
+
+TRAIN_FILE = "GranDf_HA_GCG_train.json"
 
 
 class GranDf(EvalDataset):
@@ -68,6 +79,63 @@ class GranDf(EvalDataset):
         phrases = self.captions[image_id].get("labels", [])
         if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
             raise DatasetError(f"{self.captions_file.name} image {image_id}: 'labels' must be a list of phrases")
-        if len(phrases) != len(masks):
-            raise DatasetError(f"GranDf image {image_id}: {len(masks)} masks but {len(phrases)} phrases")
-        return GroundedTarget(masks, tuple(phrases))
+        return GroundedTarget(masks, tuple(phrases))  # counts may differ: scored as GLaMM does (tasks.Grounded)
+
+
+class GranDfTrain(EvalDataset):
+    """GranDf's training split in GLaMM's layout (see the module's text): one sample per record, keyed by its index
+    and file name; a record without a file name or caption text fails alone."""
+
+    name = "grandf"
+    task = GROUNDED
+    splits = ("train",)
+
+    def __init__(self, root: str | Path, split: str = "train", image_root: str | Path | None = None):
+        super().__init__(split)
+        self.file = Path(root) / "annotations" / "train" / TRAIN_FILE
+        records = read_json(self.file, "GranDf training file")
+        if not isinstance(records, list):
+            raise DatasetError(f"{self.file}: not a GranDf training file (a list of records)")
+        self.records = records
+        self.image_root = Path(image_root) if image_root else Path(root) / "GranDf_HA_images" / "train"
+
+    def samples(self) -> list[Sample]:
+        return [self._sample(index, record) for index, record in enumerate(self.records)]
+
+    def _sample(self, index: int, record) -> Sample:
+        where = f"{self.file.name} record {index}"
+        if not isinstance(record, dict) or not isinstance(record.get("caption"), str):
+            return Sample(f"record {index}", {"index": index}, None, "", problem=f"{where}: no 'caption' text")
+        caption = record["caption"].strip('"').strip()
+        file_name = record.get("file_name")
+        if not isinstance(file_name, str):
+            return Sample(f"record {index}", {"index": index}, None, caption, problem=f"{where}: no 'file_name'")
+        try:
+            image = image_path(self.image_root, file_name)
+        except AnywordError as error:
+            return Sample(f"record {index}", {"index": index}, None, caption, problem=f"{where}: {error}")
+        return Sample(f"record {index} {file_name}", {"index": index, "file_name": file_name}, image, caption)
+
+    def target(self, sample: Sample) -> GroundedTarget:
+        where = f"{self.file.name} record {sample.ids['index']}"
+        groundings = self.records[sample.ids["index"]].get("groundings")
+        if not isinstance(groundings, dict):
+            raise DatasetError(f"{where}: 'groundings' must be an object of phrases")
+        size = self.image_size(sample)
+        phrases, masks = [], []
+        for phrase, grounding in groundings.items():
+            rles = grounding.get("rle_masks") if isinstance(grounding, dict) else None
+            if not isinstance(rles, list):
+                raise DatasetError(f"{where} phrase {phrase!r}: 'rle_masks' must be a list")
+            try:
+                merged = np.zeros(size, dtype=bool)
+                for rle in rles:
+                    merged |= decode_rle(rle, size)
+            except RleError as error:
+                raise DatasetError(f"{where} phrase {phrase!r}: {error}") from None
+            phrases.append(phrase)
+            masks.append(merged)
+        return GroundedTarget(tuple(masks), tuple(phrases))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "file": str(self.file), "image_root": str(self.image_root)}

@@ -78,6 +78,13 @@ class PascalContext59(EvalDataset):
         present = np.unique(self.target(sample).labels)
         return tuple(PC59_CLASSES[k] for k in present if k != IGNORE)
 
+    def pair_caption(self, sample: Sample) -> str:
+        """PASCAL-Context has no captions: a training pair's text is the names of the classes its label map holds
+        (ascending class index, in the spelling and comma-separated form the evaluation's captions use); empty when
+        it holds none of the 59."""
+        present = [k for k in np.unique(self.target(sample).labels) if k != IGNORE]
+        return ", ".join(caption_name(PC59_CLASSES[k]) for k in present)
+
     def target(self, sample: Sample) -> SemanticTarget:
         path = image_path(self.labels_root, f"{sample.ids['image_id']}.png")
         raw = read_label_map(path)

@@ -4,8 +4,8 @@ gRefCOCO: ``ROOT/grefcoco/grefs(unc).json`` (or ``.p``) + ``ROOT/grefcoco/instan
 list, ``[-1]`` meaning "no target"; the masks of several targets are merged and crowd annotations skipped, as
 ``G_REFER.getMaskByRef(merge=True)`` does. RefCOCO / RefCOCO+ / RefCOCOg: ``ROOT/<name>/refs(<split_by>).p`` +
 ``ROOT/<name>/instances.json``; the refs pickle is read with :func:`~anyword.evaluation.safe_pickle.load_plain_pickle`
-(plain data only). One sample per sentence; images under ``ROOT/images/train2014`` unless ``image_root`` says
-otherwise (the ReLA / LAVT arrangement).
+(plain data only). One sample per sentence, its text the sentence as written
+(``raw``); images under ``ROOT/images/train2014`` unless ``image_root`` says otherwise (the ReLA / LAVT arrangement).
 """
 
 from __future__ import annotations
@@ -78,23 +78,27 @@ class ReferringDataset(EvalDataset):
                 continue
             sent_id = sentence["sent_id"]
             sample_ids = {"sent_id": sent_id, **ids}
-            samples.append(Sample(f"sent {sent_id}", sample_ids, image, sentence["sent"], problem=problem))
+            samples.append(Sample(f"sent {sent_id}", sample_ids, image, _text(sentence), problem=problem))
         return samples
 
     def image_size(self, sample: Sample) -> tuple[int, int]:
         return self.coco.image_size(self.refs[sample.ids["ref_id"]].get("image_id"))
 
     def target(self, sample: Sample) -> ReferringTarget:
+        return self.target_at(sample, self.image_size(sample))
+
+    def target_at(self, sample: Sample, size: tuple[int, int]) -> ReferringTarget:
+        """The merged mask on the image resized to ``size`` (polygons rasterised there, as ReLA's mapper does)."""
         ref = self.refs[sample.ids["ref_id"]]
-        height, width = self.image_size(sample)
+        image_size = self.image_size(sample)
         annotation_ids = ref.get("ann_id") if isinstance(ref.get("ann_id"), list) else [ref.get("ann_id")]
         if annotation_ids == [NO_TARGET]:
-            return ReferringTarget(np.zeros((height, width), dtype=bool), empty=True)
-        merged = np.zeros((height, width), dtype=bool)
+            return ReferringTarget(np.zeros(size, dtype=bool), empty=True)
+        merged = np.zeros(size, dtype=bool)
         for annotation_id in annotation_ids:
             if self._skip(self.coco.annotation(annotation_id)):
                 continue
-            merged |= self.coco.mask(annotation_id, (height, width))
+            merged |= self.coco.mask(annotation_id, image_size, at=None if size == image_size else size)
         return ReferringTarget(merged, empty=False)
 
     def _skip(self, annotation: dict) -> bool:
@@ -102,6 +106,13 @@ class ReferringDataset(EvalDataset):
 
     def describe(self) -> dict:
         return {**super().describe(), "refs": self.refs_name, "image_root": str(self.image_root)}
+
+
+def _text(sentence: dict) -> str:
+    """What the model reads: the sentence as written (``raw``, as ReLA's and LAVT's loaders feed it), else the
+    lower-cased tokenised ``sent`` when a file has no ``raw``."""
+    raw = sentence.get("raw")
+    return raw if isinstance(raw, str) and raw.strip() else sentence["sent"]
 
 
 class GRefCoco(ReferringDataset):

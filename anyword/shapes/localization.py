@@ -44,7 +44,7 @@ def localization(backbone, settings, split: str = "seen", n: int = 100, start: i
         scene = make_scene(split, index, min_shapes=2, max_shapes=4)
         image, masks = render(scene, backbone.resolution)
         caption, concepts, control = with_control(scene)
-        alignment = align_tokens(caption, concepts, backbone.tokenizer)
+        alignment = align_tokens(caption, concepts, backbone.tokenizer, backbone.text_length)
         maps = extract_attention(backbone, image, alignment, settings).maps
         record_pointing(hits, maps, scene, masks, concepts, control)
     return {
