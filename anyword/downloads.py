@@ -66,36 +66,6 @@ def checkpoint_availability(checkpoint: Checkpoint, root: Path | None = None) ->
     return Availability("missing" if reason else "downloadable", str(folder), reason)
 
 
-def hub_availability(repo: str, cached_folder: Path | str | None, what: str) -> Availability:
-    """Availability of Hugging Face repo ``repo`` whose usable snapshot in the cache is ``cached_folder`` (``None``:
-    not cached). ``what`` names the weights in messages ("SAM 2.1 weights")."""
-    from huggingface_hub import constants
-
-    if cached_folder is not None:
-        return Availability("cached", str(cached_folder))
-    reason = hub_download_blocker(repo, what)
-    return Availability("missing" if reason else "downloadable", constants.HF_HUB_CACHE, reason)
-
-
-def hub_download_blocker(repo: str, what: str) -> str | None:
-    """Why ``repo``, not in the Hugging Face cache, cannot be downloaded now (offline mode, hub unreachable)."""
-    from huggingface_hub import constants
-
-    get = (
-        f"To get them, run `hf download {repo}` on a machine with network (or copy its Hugging Face cache folder here)."
-    )
-    if constants.HF_HUB_OFFLINE or offline():
-        return (
-            f"{what} '{repo}' are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and downloads are off. {get}"
-        )
-    if not reachable(constants.ENDPOINT):
-        return (
-            f"{what} '{repo}' are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"{constants.ENDPOINT} cannot be reached (offline?). {get}"
-        )
-    return None
-
-
 def cache_dir() -> Path:
     chosen = environment.read("ANYWORD_CACHE", environment.folder, None)
     if chosen is not None:
@@ -119,6 +89,8 @@ def sha256_file(path: Path) -> str:
 def fetch(checkpoint: Checkpoint, folder: Path | None = None, timeout_s: float = 30.0, progress: bool = True) -> Path:
     """Path of the verified checkpoint in the cache, downloading it on first use.
 
+    An interrupted download leaves ``FILE.part``; the next call asks the server for the rest (an HTTP ``Range``
+    request) and hashes the whole file. A file whose sha256 differs from the published one is deleted and refused.
     A cached file is hashed once; a marker beside it (size and mtime) spares later loads the re-hash.
     """
     root = folder or cache_dir()
@@ -127,35 +99,105 @@ def fetch(checkpoint: Checkpoint, folder: Path | None = None, timeout_s: float =
     if path.is_file():
         _verify(path, checkpoint)
         return path
-
-    where = f"Put {checkpoint.filename} (from {checkpoint.url}) into {folder}"
     reason = unavailable_reason(checkpoint, root)
     if reason is not None:
         raise ModelUnavailableError(reason)
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
     logger.warning("downloading %s into %s (first use only)", checkpoint.url, folder)
     try:
-        with urllib.request.urlopen(checkpoint.url, timeout=timeout_s) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=checkpoint.filename, disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+        _download_rest(checkpoint.url, partial, timeout_s, progress)
     except (urllib.error.URLError, OSError, TimeoutError) as error:
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailableError(f"downloading {checkpoint.url} failed ({error}). {where}.") from None
-    if digest.hexdigest() != checkpoint.sha256:
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailableError(
-            f"{checkpoint.filename} from {checkpoint.url} has sha256 {digest.hexdigest()}, expected "
-            f"{checkpoint.sha256}: the download is corrupt or was tampered with, and was deleted."
+        where = f"Put {checkpoint.filename} (from {checkpoint.url}) into {folder}"
+        kept = (
+            f"; the {partial.stat().st_size} bytes received are kept and the next run resumes"
+            if partial.is_file()
+            else ""
         )
+        raise ModelUnavailableError(f"downloading {checkpoint.url} failed ({error}){kept}. {where}.") from None
+    verify_sha256(partial, checkpoint.sha256, f"{checkpoint.filename} from {checkpoint.url}")
     partial.replace(path)
     _write_marker(path)
     return path
+
+
+def _download_rest(url: str, partial: Path, timeout_s: float, progress: bool) -> None:
+    """Append to ``partial`` what the server still has of ``url`` (all of it when ``partial`` is empty)."""
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        resumed = have and response.status == 206
+        mode = "ab" if resumed else "wb"
+        rest = int(response.headers.get("Content-Length") or 0) or None
+        total = (have if resumed else 0) + rest if rest else None
+        with (
+            open(partial, mode) as out,
+            progress_bar(total, partial.name.removesuffix(".part"), have if resumed else 0, progress) as bar,
+        ):
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and partial.stat().st_size < total:
+        raise OSError(f"the connection closed after {partial.stat().st_size} of {total} bytes")
+
+
+def progress_bar(total: int | None, name: str, initial: int = 0, enabled: bool = True):
+    """The download progress bar every fetch shows (bytes, scaled units)."""
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, disable=not enabled)
+
+
+def verify_sha256(path: Path, expected: str, what: str) -> None:
+    """Refuse (and delete) ``path`` unless its sha256 is ``expected``: one check for every downloaded file."""
+    actual = sha256_file(path)
+    if actual != expected:
+        path.unlink(missing_ok=True)
+        raise ModelUnavailableError(
+            f"{what} has sha256 {actual}, expected {expected}: the download is corrupt or was tampered with, and "
+            "was deleted; run the command again to download it anew."
+        )
+
+
+def verify_hub_snapshot(folder: Path, patterns: list[str]) -> None:
+    """Check every file of a Hugging Face cache snapshot that ``patterns`` select and that the hub stores in LFS:
+    its blob is named by its sha256, so the content must hash to its name. A mismatch deletes the blob and the link
+    (the next download fetches it again) and raises naming the file."""
+    from fnmatch import fnmatch
+
+    for link in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = link.relative_to(folder).as_posix()
+        blob = link.resolve()
+        if not any(fnmatch(name, pattern) for pattern in patterns) or not _is_sha256(blob.name):
+            continue
+        try:
+            verify_sha256(blob, blob.name, f"{name} (in {folder})")
+        except ModelUnavailableError:
+            link.unlink(missing_ok=True)
+            raise
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def hub_file_sizes(repo: str, patterns: list[str]) -> list[tuple[str, int]]:
+    """``(path, bytes)`` of the files of hub repository ``repo`` that ``patterns`` select (asks the hub)."""
+    from fnmatch import fnmatch
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    return [
+        (entry.path, entry.size)
+        for entry in HfApi().list_repo_tree(repo, recursive=True)
+        if isinstance(entry, RepoFile) and any(fnmatch(entry.path, pattern) for pattern in patterns)
+    ]
+
+
+def url_size(url: str, timeout_s: float = 30.0) -> int | None:
+    """The size the server announces for ``url`` (a HEAD request), or ``None``."""
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s) as response:
+        length = response.headers.get("Content-Length")
+    return int(length) if length else None
 
 
 def unavailable_reason(checkpoint: Checkpoint, root: Path | None = None) -> str | None:
@@ -186,12 +228,7 @@ def _verify(path: Path, checkpoint: Checkpoint) -> None:
     marker = _marker(path)
     if marker.is_file() and marker.read_text().strip() == f"{stat.st_size} {stat.st_mtime_ns}":
         return
-    actual = sha256_file(path)
-    if actual != checkpoint.sha256:
-        raise ModelUnavailableError(
-            f"{path} has sha256 {actual}, expected {checkpoint.sha256}: delete it and it will be downloaded again "
-            f"from {checkpoint.url}."
-        )
+    verify_sha256(path, checkpoint.sha256, f"{path} (from {checkpoint.url})")
     _write_marker(path)
 
 

@@ -89,6 +89,8 @@ class Preset:
             :meth:`with_model` uses for ``--model``.
         shipped_adapter: folder inside the package holding the preset's text-encoder adapter (``--adapter
             shipped``), or ``None``.
+        published: where its published diffusion weights live and how they are fetched (``anyword download``)
+            and stood in for; ``None`` for presets that build or ship their own.
     """
 
     name: str
@@ -107,6 +109,7 @@ class Preset:
     shipped_adapter: str | None = None
     gpu_reservation: GpuReservation = GpuReservation()
     weights_family: str | None = None
+    published: PublishedBackbone | None = None
 
     def with_model(self, model: str) -> Preset:
         """This setup with other published weights of its family (a hub id or a local folder: ``--model``)."""
@@ -194,11 +197,57 @@ _load_shapes = _lazy("anyword.diffusion.shapes_model", "load_shapes_backbone")
 # Measured on 2 CPU threads with the random-weight stand-ins of the same architectures (docs/performance.md).
 SD_CPU_COST = CpuCost(step_s=78.0, peak_gb=19.4, threads=2)  # docs/results/bench-sd15-random-cpu.json
 LDM_CPU_COST = CpuCost(step_s=13.7, peak_gb=11.0, threads=2)  # docs/results/bench-ldm-random-cpu.json
-# How each family of published weights loads and is found: (loader, availability, CPU cost).
+_sd_layouts, _write_sd_stand_in = _lazy(_LOADING, "sd_layouts"), _lazy(_LOADING, "write_sd_stand_in")
+_ldm_layouts, _write_ldm_stand_in = _lazy(_LDM, "ldm_layouts"), _lazy(_LDM, "write_ldm_stand_in")
+# How each family of published weights loads, is found, costs on a CPU, which of a repository's files it reads
+# (``layouts(variant)``) and how a toy stand-in of its published repository is written.
 _FAMILIES = {
-    "sd": (_load_pretrained, _sd_availability, SD_CPU_COST),
-    "ldm": (_load_ldm, _ldm_availability, LDM_CPU_COST),
+    "sd": (_load_pretrained, _sd_availability, SD_CPU_COST, _sd_layouts, _write_sd_stand_in),
+    "ldm": (_load_ldm, _ldm_availability, LDM_CPU_COST, lambda variant: _ldm_layouts(), _write_ldm_stand_in),
 }
+
+
+@dataclass(frozen=True)
+class PublishedBackbone:
+    """A preset's published diffusion weights: the hub repository ``model``, the files its loader reads
+    (``layouts(variant)``: the fp16 variant first when asked), a writer of a toy stand-in of the repository (same
+    file tree, names and formats) and ``extras``, files of the published repository the loader never reads (named
+    so that rehearsals check they are never downloaded)."""
+
+    model: str
+    layouts: Callable
+    stand_in: Callable
+    extras: tuple[str, ...] = ()
+
+    kind = "hub"
+
+    def source(self, variant: str | None = None) -> str:
+        return self.model
+
+    def fetch(self, variant: str | None = None, progress: bool = True) -> Path:
+        """The files the loader reads, in the Hugging Face cache (downloaded, resumable and verified, if missing)."""
+        from anyword.repository import resolve
+
+        return resolve(self.model, self.layouts(variant))[0]
+
+    def files(self, variant: str | None = None) -> list[tuple[str, int]]:
+        """``(path, bytes)`` of what :meth:`fetch` would download: the first layout the repository holds whole."""
+        from anyword.downloads import hub_file_sizes
+
+        listing = []
+        for layout in self.layouts(variant):
+            listing = hub_file_sizes(self.model, layout.patterns())
+            names = {name for name, _ in listing}
+            if all(any(f"{c}/{n}".lstrip("/") in names for n in ns) for c, ns in layout.weights.items()):
+                return listing
+        return listing
+
+    def write_stand_in(self, folder: Path, seed: int = 0) -> Path:
+        self.stand_in(folder, seed)
+        for name in (".gitattributes", *self.extras):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(f"stand-in of {self.model}/{name}: never read by the loader\n".encode())
+        return folder
 
 
 def _stand_in(
@@ -221,8 +270,8 @@ def _stand_in(
     )
 
 
-def _pretrained(name: str, model: str, description: str, family: str = "sd") -> Preset:
-    load, find, cost = _FAMILIES[family]
+def _pretrained(name: str, model: str, description: str, family: str = "sd", extras: tuple[str, ...] = ()) -> Preset:
+    load, find, cost, layouts, stand_in = _FAMILIES[family]
     return Preset(
         name,
         description,
@@ -233,6 +282,7 @@ def _pretrained(name: str, model: str, description: str, family: str = "sd") -> 
         backbone_availability=lambda: find(model),
         cpu_cost=cost,
         weights_family=family,
+        published=PublishedBackbone(model, layouts, stand_in, extras),
     )
 
 
@@ -253,17 +303,27 @@ PRESETS: dict[str, Preset] = {
             DEFAULT_PRESET,
             "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "Stable Diffusion 1.5 + SAM ViT-H (the paper's alternative backbone, its qualitative figures)",
+            extras=(
+                "README.md",
+                "v1-inference.yaml",
+                "v1-5-pruned.ckpt",
+                "v1-5-pruned.safetensors",
+                "v1-5-pruned-emaonly.ckpt",
+                "v1-5-pruned-emaonly.safetensors",
+            ),
         ),
         _pretrained(
             "sd14",
             "CompVis/stable-diffusion-v1-4",
             "Stable Diffusion 1.4 + SAM ViT-H (the paper's alternative backbone)",
+            extras=("README.md", "v1-variants-scores.jpg"),
         ),
         _pretrained(
             LDM_PRESET,
             "CompVis/ldm-text2im-large-256",
             "LDM + BERT + SAM ViT-H (the paper's quantitative backbone, 256 px)",
             family="ldm",
+            extras=("README.md",),
         ),
         Preset(
             SHAPES_PRESET,

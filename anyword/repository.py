@@ -7,6 +7,7 @@ says the same without raising.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,14 +58,79 @@ def resolve(model: str, layouts: Sequence[Layout]) -> tuple[Path, Layout]:
         return path, next((layout for layout in layouts if layout.complete(path)), layouts[0])
     if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "org/name" hub id
         raise ModelUnavailableError(f"model folder not found: {model}")
-    for layout in layouts:
-        folder = _snapshot(model, layout, local_only=True)
-        if folder is not None and layout.complete(folder):
-            return folder, layout
-    reason = unavailable_reason(model, layouts[0])
-    if reason is not None:
-        raise ModelUnavailableError(reason)
-    return _download(model, layouts)
+    cached = [(folder, layout) for layout in layouts if (folder := _cached(model, layout)) is not None]
+    if cached and cached[0][1].variant == layouts[0].variant:
+        folder, layout = cached[0]  # the preferred precision is here (in one of its formats)
+    elif (reason := unavailable_reason(model, layouts[0])) is None:
+        folder, layout = _download(model, layouts)  # fetch the preferred files while the hub answers
+    elif cached:
+        folder, layout = cached[0]  # offline: what is cached (fp32 weights cast to fp16, say) still runs
+    else:
+        raise ModelUnavailableError(partial_cache_reason(model, layouts) or reason)
+    check_weight_files(folder, layout)
+    return folder, layout
+
+
+def _cached(model: str, layout: Layout) -> Path | None:
+    folder = _snapshot(model, layout, local_only=True)
+    return folder if folder is not None and layout.complete(folder) else None
+
+
+def check_weight_files(folder: Path, layout: Layout) -> None:
+    """Refuse a snapshot whose safetensors file is cut short or damaged (its header promises more bytes than the
+    file holds), naming the file and how to replace it, before any loader reads it."""
+    for component in layout.weights:
+        path = layout.weight_file(folder, component)
+        if path is None or path.suffix != ".safetensors":
+            continue
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            raise ModelUnavailableError(
+                f"{path} is {problem}: delete it (and its blob {path.resolve()}) and download it again "
+                "(`anyword download` or the first run with network)"
+            )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"truncated ({size} bytes, not even a header)"
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > size - 8:
+            return f"truncated ({size} bytes; its header alone needs {header_size + 8})"
+        try:
+            header = json.loads(handle.read(header_size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "not a safetensors file (its header does not parse)"
+    expected = 8 + header_size + end
+    return None if size == expected else f"truncated or damaged ({size} bytes where its header says {expected})"
+
+
+def partial_cache_reason(model: str, layouts: Sequence[Layout]) -> str | None:
+    """When ``model`` is partly in the Hugging Face cache (an interrupted or pruned download): which of the files
+    the first layout needs are missing, and whether a download was cut short."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}"
+    snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+    if not snapshots:
+        return None
+    layout, folder = layouts[0], snapshots[-1]
+    missing = [
+        f"{c}/{n}".lstrip("/") for c in layout.weights for n in layout.weights[c][:1] if not (folder / c / n).is_file()
+    ]
+    if not missing:
+        return None
+    cut = sorted(p.name for p in (repo / "blobs").glob("*.incomplete")) if (repo / "blobs").is_dir() else []
+    interrupted = f"; a download was interrupted ({', '.join(cut)} in {repo / 'blobs'})" if cut else ""
+    return (
+        f"{layout.what} '{model}' are only partly in the Hugging Face cache ({folder}): missing "
+        f"{', '.join(missing)}{interrupted}. Finish the download with `hf download {model}` (or `anyword download` "
+        "with the preset) on a machine with network, then run again."
+    )
 
 
 def availability(model: str, layouts: Sequence[Layout]) -> Availability:
@@ -134,6 +200,9 @@ def _download(model: str, layouts: Sequence[Layout]) -> tuple[Path, Layout]:
             last_error = error
             continue
         if folder is not None and layout.complete(folder):
+            from anyword.downloads import verify_hub_snapshot
+
+            verify_hub_snapshot(folder, layout.patterns())  # every LFS blob hashes to its published sha256
             return folder, layout
     raise ModelUnavailableError(
         f"could not download {layouts[0].what} '{model}' into {constants.HF_HUB_CACHE}: "

@@ -21,16 +21,21 @@ def free_port() -> int:
 
 
 def start_demo(
-    *args: str, env: dict | None = None, timeout_s: float = 180.0, log_dir: Path | None = None
+    *args: str,
+    env: dict | None = None,
+    timeout_s: float = 180.0,
+    log_dir: Path | None = None,
+    launcher: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``python app.py ARGS --port P`` and wait until the page answers; returns (process, url, seconds). Its
-    output goes to ``log_dir/demo-P.log`` (default: ``.pytest_cache`` in the checkout)."""
+    """Run ``python app.py ARGS --port P`` (or ``launcher ARGS --port P``, e.g. ``scripts/rehearse.py app``) and
+    wait until the page answers; returns (process, url, seconds). Its output goes to ``log_dir/demo-P.log``
+    (default: ``.pytest_cache`` in the checkout)."""
     port = free_port()
     log_dir = log_dir or ROOT / ".pytest_cache"
     log_dir.mkdir(exist_ok=True)
     log = open(log_dir / f"demo-{port}.log", "w")  # noqa: SIM115 (the server outlives this function)
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
+        [*(launcher or [sys.executable, str(ROOT / "app.py")]), *args, "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
         stdout=log,

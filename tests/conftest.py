@@ -128,6 +128,60 @@ def operator_llm():
     server.stop()
 
 
+# --- rehearsals with stand-ins of the published weights (anyword.rehearsal) --------------------------------------
+
+REHEARSE = [sys.executable, str(ROOT / "scripts" / "rehearse.py")]
+
+
+@dataclass
+class Rehearsal:
+    """Stand-ins of the published weights served by a hub on 127.0.0.1 (``hub``; ``written`` says what is where)."""
+
+    hub: object
+    written: object
+
+    def env(self, home: Path, offline: bool = False) -> dict:
+        """The environment of a user whose caches are under ``home``: the hub at ``HF_ENDPOINT``, the stand-in SAM
+        checkpoints' digests injected, ``HF_HUB_OFFLINE=1`` when ``offline``."""
+        kept = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "ANYWORD_"))}
+        return {
+            **kept,
+            "HF_ENDPOINT": self.hub.url,
+            "HF_HOME": str(home / "hf"),
+            "ANYWORD_CACHE": str(home / "anyword"),
+            "ANYWORD_REHEARSAL_SAM": self.written.sam_rehearsal(self.hub.url),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "OMP_NUM_THREADS": "1",
+            **({"HF_HUB_OFFLINE": "1", "ANYWORD_OFFLINE": "1"} if offline else {}),
+        }
+
+    def run(self, *args: str, home: Path, offline: bool = False, timeout: float = 600):
+        """``anyword ARGS`` with the stand-ins (``scripts/rehearse.py cli``) in a subprocess."""
+        command = [*REHEARSE, "cli", *(str(a) for a in args)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self.env(home, offline))
+
+
+@pytest.fixture(scope="session")
+def rehearsal(tmp_path_factory):
+    from anyword.rehearsal.hub import LocalHub
+    from anyword.rehearsal.standins import write_stand_ins
+
+    written = write_stand_ins(tmp_path_factory.mktemp("standins"), presets=["sd15", "ldm"])
+    hub = LocalHub(written.repos, written.files).start()
+    yield Rehearsal(hub, written)
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def sd15_home(rehearsal, tmp_path_factory):
+    """A user's caches after `anyword download sd15` (backbone and SAM ViT-H) from the stand-in hub."""
+    home = tmp_path_factory.mktemp("home")
+    done = rehearsal.run("download", "sd15", "--json", "--quiet", home=home)
+    assert done.returncode == 0, done.stderr
+    return home
+
+
 @pytest.fixture(scope="session")
 def demo_server(operator_llm):
     """The demo on the tiny preset, shared by the API and browser tests; its operator has an LLM key and endpoint."""

@@ -163,3 +163,40 @@ def test_sessions_do_not_see_each_other(browser, demo_server):
     assert downloaded_result(cat_page)["caption"] == CAT
     expect(cup_page.locator("#concepts")).to_contain_text("silver spoon")
     expect(cat_page.locator("#concepts")).to_contain_text("pink nose")
+
+
+# --- the demo on the paper's alternative backbone, weights from the (stand-in) Hugging Face cache -----------------
+
+
+@pytest.fixture(scope="module")
+def space_on_sd15(rehearsal, sd15_home):
+    """The demo started as a Hugging Face Space starts it (``SPACE_ID`` set, ``spaces`` installed), on sd15 whose
+    weights (stand-ins) are in the caches, offline."""
+    from demo.process import start_demo
+    from tests.conftest import REHEARSE
+
+    env = {**rehearsal.env(sd15_home, offline=True), "SPACE_ID": "anyword/rehearsal"}
+    process, url, seconds = start_demo("--preset", "sd15", "--device", "cpu", env=env, launcher=[*REHEARSE, "app"])
+    print(f"\nSpace-like demo on sd15 served {url} {seconds:.1f} s after launch")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_demo_starts_on_sd15_and_walks_the_flow_on_it(browser, space_on_sd15, rehearsal):
+    page = open_page(browser, space_on_sd15)
+    status = page.locator("#status")
+    expect(status).to_contain_text("Stable Diffusion 1.5")  # not the offline banner: it starts on sd15
+    assert "cannot run here" not in status.inner_text()
+    pick_example_and_parse(page, COFFEE)
+    compute(page, steps=2, seed=3)
+    segment(page)
+    assert downloaded_result(page)["models"]["preset"] == "sd15"  # waits for the first export
+    first_download = download_link(page)
+    x, y = click_editor(page, 0.20, 0.70)
+    segment(page)
+    result = downloaded_result(page, previous=first_download)
+    models = result["models"]
+    assert models["preset"] == "sd15" and models["backbone_source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert models["segmenter_model"] == "sam-vit_h" and not models["backbone_random_weights"]
+    assert {"x": x, "y": y, "label": 1, "source": "user"} in [p for c in result["concepts"] for p in c["points"]]

@@ -1,4 +1,4 @@
-"""Command line: ``anyword parse | segment | pairs | adapt | eval | bench | presets | shapes``.
+"""Command line: ``anyword parse | segment | pairs | adapt | eval | bench | presets | download | shapes``.
 
 Each subcommand is one module with ``register(commands)`` and ``run(args)``; the option groups they share and the
 translation of options into the library's settings are in :mod:`anyword.cli.options`. Errors the user can fix
@@ -14,11 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from anyword.cli import adapt, bench, evaluate, pairs, parse, presets, segment, shapes
+from anyword.cli import adapt, bench, download, evaluate, pairs, parse, presets, segment, shapes
 from anyword.cli.options import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from anyword.errors import AnywordError
 
-COMMANDS = (parse, segment, pairs, adapt, evaluate, bench, presets, shapes)
+COMMANDS = (parse, segment, pairs, adapt, evaluate, bench, presets, download, shapes)
 
 __all__ = ["EXIT_BUG", "EXIT_OK", "EXIT_USAGE", "build_argument_parser", "main"]
 

@@ -169,3 +169,38 @@ def build_ldm_tiny(*, name: str = "ldm-tiny-random", device: str | None = None, 
     """The LDM classes at toy size with seeded random weights and the small test WordPiece vocabulary: 64 px input,
     a 32x32 latent, cross-attention at 32x32 and 16x16 (tests)."""
     return _random(packaged_dir("ldm-tiny-config"), name, device, dtype, seed, packaged_dir("wordpiece-test-vocab"))
+
+
+# model_index.json of CompVis/ldm-text2im-large-256, as published.
+LDM_MODEL_INDEX = {
+    "_class_name": "LDMTextToImagePipeline",
+    "_diffusers_version": "0.0.4",
+    "bert": ["latent_diffusion", "LDMBertModel"],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "tokenizer": ["transformers", "BertTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vqvae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def write_ldm_stand_in(folder: Path, seed: int = 0) -> None:
+    """A toy ``CompVis/ldm-text2im-large-256`` in its published layout: ``model_index.json``; ``bert/``, ``unet/``
+    and ``vqvae/`` with a config and PyTorch ``.bin`` weights only (the repository has no safetensors); ``tokenizer/``
+    (WordPiece: the small test vocabulary), ``scheduler/``; ``images/`` (sample pictures the loader skips). Weights
+    are ``ldm-tiny``'s (seeded, random)."""
+    import shutil
+
+    config = packaged_dir("ldm-tiny-config")
+    backbone = build_ldm_tiny(device="cpu", dtype="fp32", seed=seed)
+    modules = {"bert": backbone.text_encoder, "unet": backbone.unet, "vqvae": backbone.vae}
+    for part, module in modules.items():
+        (folder / part).mkdir(parents=True, exist_ok=True)
+        shutil.copy(config / part / "config.json", folder / part / "config.json")
+        name = "pytorch_model.bin" if part == "bert" else "diffusion_pytorch_model.bin"
+        torch.save({k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}, folder / part / name)
+    shutil.copytree(config / "scheduler", folder / "scheduler", dirs_exist_ok=True)
+    vocabulary = packaged_dir("wordpiece-test-vocab")
+    shutil.copytree(vocabulary, folder / "tokenizer", ignore=shutil.ignore_patterns("*.md"), dirs_exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(LDM_MODEL_INDEX, indent=2) + "\n")
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "images" / "sample.png").write_bytes(b"\x89PNG\r\n\x1a\n stand-in: never read by the loader")

@@ -268,3 +268,90 @@ def input_resolution(unet, vae) -> int:
 def sd_availability(model: str) -> Availability:
     """Whether Stable Diffusion ``model`` (hub id or local folder) can load here (see :func:`availability`)."""
     return availability(model, sd_layouts("fp16"))
+
+
+# --- stand-ins of the published repositories (rehearsals of the loading path; anyword.rehearsal) ---------------
+
+# model_index.json of the Stable Diffusion v1.x repositories, as published.
+SD_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.6.0",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+# scheduler/scheduler_config.json as published (the pipeline's PNDM; the loader keeps only its beta schedule).
+SD_PUBLISHED_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+
+def write_sd_stand_in(folder: Path, seed: int = 0) -> None:
+    """A toy Stable Diffusion v1.x repository in the published diffusers layout: ``model_index.json``; ``unet/``,
+    ``vae/`` and ``text_encoder/`` each with fp32 and fp16 weights as safetensors and PyTorch ``.bin`` (the UNet
+    also its ``non_ema`` variant), ``tokenizer/`` (the real CLIP tokenizer files), ``scheduler/`` (PNDM, as
+    published) and the folders the loader must skip (``safety_checker/``, ``feature_extractor/``). Weights are
+    ``tiny``'s (seeded, random); file names, config keys and formats are the published ones."""
+    import shutil
+
+    from anyword.tokens import packaged_tokenizer_dir
+
+    backbone = build_tiny(device="cpu", dtype="fp32", seed=seed)
+    for part, module in (("unet", backbone.unet), ("vae", backbone.vae), ("text_encoder", backbone.text_encoder)):
+        save_published_weights(module, folder / part, diffusers=part != "text_encoder")
+    for suffix in (".safetensors", ".bin"):
+        unet = folder / "unet" / "diffusion_pytorch_model"
+        shutil.copy(f"{unet}{suffix}", f"{unet}.non_ema{suffix}")
+    shutil.copytree(
+        packaged_tokenizer_dir(), folder / "tokenizer", ignore=shutil.ignore_patterns("*.md"), dirs_exist_ok=True
+    )
+    _write_json(folder / "scheduler" / "scheduler_config.json", SD_PUBLISHED_SCHEDULER)
+    _write_json(folder / "model_index.json", SD_MODEL_INDEX)
+    _write_json(folder / "feature_extractor" / "preprocessor_config.json",
+                {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                 "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                 "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224})  # fmt: skip
+    _write_json(folder / "safety_checker" / "config.json",
+                {"_name_or_path": "CompVis/stable-diffusion-safety-checker",
+                 "architectures": ["StableDiffusionSafetyChecker"], "model_type": "clip"})  # fmt: skip
+    marker = {"concept_embeds": torch.zeros(2, 4)}  # the loader never reads it: a stand-in only by name and format
+    for dtype, variant in ((torch.float32, ""), (torch.float16, ".fp16")):
+        _save_state({k: v.to(dtype) for k, v in marker.items()}, folder / "safety_checker", f"model{variant}")
+
+
+def save_published_weights(module, folder: Path, diffusers: bool) -> None:
+    """``module``'s config and its weights in fp32 and fp16, as safetensors and PyTorch ``.bin`` files, under the
+    names diffusers (``diffusion_pytorch_model``) or transformers (``model`` / ``pytorch_model``) publish."""
+    module.save_pretrained(folder)  # config.json and the fp32 safetensors
+    stem, bin_stem = ("diffusion_pytorch_model", "diffusion_pytorch_model") if diffusers else ("model", "pytorch_model")
+    state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    for dtype, variant in ((torch.float32, ""), (torch.float16, ".fp16")):
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        _save_state(cast, folder, f"{stem}{variant}", bin_name=f"{bin_stem}{variant}")
+
+
+def _save_state(state: dict, folder: Path, name: str, bin_name: str | None = None) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / f"{name}.safetensors"), metadata={"format": "pt"})
+    torch.save(state, folder / f"{bin_name or name.replace('model', 'pytorch_model', 1)}.bin")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

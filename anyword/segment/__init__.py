@@ -74,6 +74,12 @@ class SegmenterSpec:
             return Availability("random", "built from a config")
         return self._backend().availability(self.check_model(model))
 
+    def published(self):
+        """Where its published weights live and how they are fetched, listed and stood in for (``None`` for
+        backends without weights): an object with ``kind`` ("hub" or "url"), ``source(model)``,
+        ``fetch(model)``, ``files(model)`` and ``write_stand_in(folder, model, seed)``."""
+        return self._backend().PUBLISHED if self.promptable else None
+
     def describe_models(self) -> str:
         """Its sizes for help texts, default first marked: "vit_h (default), vit_l, vit_b"."""
         return ", ".join(f"{m} (default)" if m == self.default_model else m for m in self.models)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from anyword.downloads import Availability, hub_availability, hub_download_blocker
+from anyword.downloads import Availability
 from anyword.errors import ModelUnavailableError
+from anyword.repository import Layout, availability, resolve
 from anyword.segment.base import MaskPrediction, MaskRequest, empty_prediction
 
 logger = logging.getLogger(__name__)
-
-HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 @dataclass
@@ -98,32 +98,60 @@ class HubSegmenter(ABC):
         """``(1, 1, h, w)`` low-resolution logits -> ``(H, W)`` logits at the original size."""
 
 
+def hub_layout(what: str) -> Layout:
+    """The files of a transformers segmenter repository the loader reads (``config.json``, the image processor's
+    config, ``model.safetensors``): nothing else of the repository is downloaded."""
+    instead = "or pass a local folder in the hub's layout with --segmenter-checkpoint DIR."
+    return Layout(what, ("config.json", "preprocessor_config.json"), {"": ("model.safetensors",)}, instead=instead)
+
+
 def load_from_hub(model_class, processor_class, repo: str, what: str):
-    """``(model, image_processor)`` of ``repo`` from the Hugging Face cache, downloaded if missing and allowed;
-    :class:`ModelUnavailableError` with how to get them otherwise."""
+    """``(model, image_processor)`` of ``repo`` (hub id or local folder) from the Hugging Face cache, downloaded
+    (and verified) if missing and allowed; :class:`ModelUnavailableError` with how to get them otherwise."""
+    folder, _ = resolve(repo, [hub_layout(what)])
     try:
-        return model_class.from_pretrained(repo, local_files_only=True), processor_class.from_pretrained(
-            repo, local_files_only=True
-        )
-    except OSError:
-        pass
-    blocker = hub_download_blocker(repo, what)
-    if blocker is not None:
-        raise ModelUnavailableError(blocker)
-    logger.warning("downloading %s (first use only)", repo)
-    try:
-        return model_class.from_pretrained(repo), processor_class.from_pretrained(repo)
-    except OSError as error:
-        raise ModelUnavailableError(f"could not download {what} '{repo}': {error}") from None
+        return model_class.from_pretrained(str(folder)), processor_class.from_pretrained(str(folder))
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(f"{what} at {folder} do not load: {error}") from None
 
 
 def repo_availability(repo: str, what: str) -> Availability:
     """Whether ``repo``'s weights are in the Hugging Face cache, downloadable, or missing."""
-    from huggingface_hub import try_to_load_from_cache
+    return availability(repo, [hub_layout(what)])
 
-    found = [try_to_load_from_cache(repo, name) for name in HUB_FILES]
-    cached = all(isinstance(path, str) for path in found)
-    return hub_availability(repo, str(found[0]).rsplit("/", 1)[0] if cached else None, what)
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Where a transformers segmenter's published weights live (``repos``: size -> hub id), how they are fetched,
+    listed before a download, and stood in for in rehearsals (``load`` builds the toy-size model)."""
+
+    repos: dict[str, str]
+    what: str
+    load: object
+    extras: dict[str, tuple[str, ...]] = field(default_factory=dict)  # size -> files the loader never reads
+
+    kind = "hub"
+
+    def source(self, model: str) -> str:
+        return self.repos[model]
+
+    def fetch(self, model: str, progress: bool = True) -> Path:
+        return resolve(self.repos[model], [hub_layout(self.what)])[0]
+
+    def files(self, model: str) -> list[tuple[str, int]]:
+        from anyword.downloads import hub_file_sizes
+
+        return hub_file_sizes(self.repos[model], hub_layout(self.what).patterns())
+
+    def write_stand_in(self, folder: Path, model: str, seed: int = 0) -> Path:
+        """The toy-size model saved as transformers publishes it: ``config.json``, ``model.safetensors``,
+        ``preprocessor_config.json``."""
+        segmenter = self.load(model, "tiny", None, "cpu", seed)
+        segmenter.model.save_pretrained(folder)
+        segmenter.image_processor.save_pretrained(folder)
+        for name in (".gitattributes", "README.md", *self.extras.get(model, ())):
+            (folder / name).write_bytes(f"stand-in of {self.repos[model]}/{name}: never read by the loader\n".encode())
+        return folder
 
 
 def seeded(seed: int, build):

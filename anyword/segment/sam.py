@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from anyword.devices import pick_device
-from anyword.downloads import Availability, Checkpoint, checkpoint_availability, fetch
+from anyword.downloads import Availability, Checkpoint, checkpoint_availability, fetch, url_size
 from anyword.errors import ModelUnavailableError
 from anyword.segment.base import MaskPrediction, MaskRequest, empty_prediction
 
@@ -163,6 +163,34 @@ def load(model: str, weights: str, checkpoint: str | None, device: str | None, s
 
 def availability(model: str) -> Availability:
     return checkpoint_availability(SAM_CHECKPOINTS[model])
+
+
+class CheckpointWeights:
+    """SAM's published checkpoints (files on Meta's server, not the hub): where they live, how they are fetched
+    (resumable, sha256-checked), listed before a download, and stood in for in rehearsals."""
+
+    kind = "url"
+
+    def source(self, model: str) -> str:
+        return SAM_CHECKPOINTS[model].url
+
+    def fetch(self, model: str, progress: bool = True) -> Path:
+        return fetch(SAM_CHECKPOINTS[model], progress=progress)
+
+    def files(self, model: str) -> list[tuple[str, int | None]]:
+        checkpoint = SAM_CHECKPOINTS[model]
+        return [(checkpoint.filename, url_size(checkpoint.url))]
+
+    def write_stand_in(self, folder: Path, model: str, seed: int = 0) -> Path:
+        """A toy SAM (``build_tiny_sam``) saved as the official checkpoints are: a ``torch.save``d state dict
+        with segment-anything's key names, under the official file name."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / SAM_CHECKPOINTS[model].filename
+        torch.save(build_tiny_sam(seed).state_dict(), path)
+        return path
+
+
+PUBLISHED = CheckpointWeights()
 
 
 def build_tiny_sam(seed: int = 0):

@@ -11,7 +11,7 @@ import torch
 
 from anyword.devices import pick_device
 from anyword.downloads import Availability
-from anyword.segment.hub import HubEmbedding, HubSegmenter, load_from_hub, repo_availability, seeded
+from anyword.segment.hub import HubEmbedding, HubSegmenter, HubWeights, load_from_hub, repo_availability, seeded
 
 REPOS = {
     "large": "facebook/sam2.1-hiera-large",
@@ -64,6 +64,14 @@ def load(model: str, weights: str, checkpoint: str | None, device: str | None, s
 
 def availability(model: str) -> Availability:
     return repo_availability(REPOS[model], WHAT)
+
+
+# The original checkpoint and config beside the transformers files in each repository (the loader never reads them).
+ORIGINAL_FILES = {
+    size: (f"sam2.1_hiera_{size.replace('-', '_')}.pt", f"sam2.1_hiera_{short}.yaml", "processor_config.json")
+    for size, short in (("large", "l"), ("base-plus", "b+"), ("small", "s"), ("tiny", "t"))
+}
+PUBLISHED = HubWeights(REPOS, WHAT, load, ORIGINAL_FILES)  # where the weights live, and their stand-ins
 
 
 # Hiera sizes of the official SAM 2.1 configs (sam2.1_hiera_{t,s,b+,l}.yaml): for random-weight timing runs.

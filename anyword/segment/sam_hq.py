@@ -12,7 +12,7 @@ import torch
 
 from anyword.devices import pick_device
 from anyword.downloads import Availability
-from anyword.segment.hub import HubEmbedding, HubSegmenter, load_from_hub, repo_availability, seeded
+from anyword.segment.hub import HubEmbedding, HubSegmenter, HubWeights, load_from_hub, repo_availability, seeded
 
 REPOS = {
     "vit_h": "syscv-community/sam-hq-vit-huge",
@@ -74,6 +74,9 @@ def load(model: str, weights: str, checkpoint: str | None, device: str | None, s
 
 def availability(model: str) -> Availability:
     return repo_availability(REPOS[model], WHAT)
+
+
+PUBLISHED = HubWeights(REPOS, WHAT, load)  # where the weights live, and their stand-ins
 
 
 def full_config(model: str):
