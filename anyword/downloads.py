@@ -179,18 +179,19 @@ def _is_sha256(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-def hub_file_sizes(repo: str, patterns: list[str]) -> list[tuple[str, int]]:
-    """``(path, bytes)`` of the files of hub repository ``repo`` that ``patterns`` select (asks the hub)."""
-    from fnmatch import fnmatch
-
+def hub_file_sizes(repo: str) -> list[tuple[str, int]]:
+    """``(path, bytes)`` of every file of hub repository ``repo`` (one listing request)."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    return [
-        (entry.path, entry.size)
-        for entry in HfApi().list_repo_tree(repo, recursive=True)
-        if isinstance(entry, RepoFile) and any(fnmatch(entry.path, pattern) for pattern in patterns)
-    ]
+    return [(e.path, e.size) for e in HfApi().list_repo_tree(repo, recursive=True) if isinstance(e, RepoFile)]
+
+
+def matching(listing: list[tuple[str, int]], patterns: list[str]) -> list[tuple[str, int]]:
+    """The entries of ``listing`` whose path one of the glob ``patterns`` selects."""
+    from fnmatch import fnmatch
+
+    return [(path, size) for path, size in listing if any(fnmatch(path, pattern) for pattern in patterns)]
 
 
 def url_size(url: str, timeout_s: float = 30.0) -> int | None:

@@ -232,11 +232,11 @@ class PublishedBackbone:
 
     def files(self, variant: str | None = None) -> list[tuple[str, int]]:
         """``(path, bytes)`` of what :meth:`fetch` would download: the first layout the repository holds whole."""
-        from anyword.downloads import hub_file_sizes
+        from anyword.downloads import hub_file_sizes, matching
 
-        listing = []
+        tree, listing = hub_file_sizes(self.model), []
         for layout in self.layouts(variant):
-            listing = hub_file_sizes(self.model, layout.patterns())
+            listing = matching(tree, layout.patterns())
             names = {name for name, _ in listing}
             if all(any(f"{c}/{n}".lstrip("/") in names for n in ns) for c, ns in layout.weights.items()):
                 return listing

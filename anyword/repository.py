@@ -113,8 +113,9 @@ def partial_cache_reason(model: str, layouts: Sequence[Layout]) -> str | None:
     """When ``model`` is partly in the Hugging Face cache (an interrupted or pruned download): which of the files
     the first layout needs are missing, and whether a download was cut short."""
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
-    repo = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}"
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model, repo_type="model")
     snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
     if not snapshots:
         return None

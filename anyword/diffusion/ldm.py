@@ -22,7 +22,7 @@ import torch
 
 from anyword.devices import pick_device, pick_dtype
 from anyword.diffusion.backbone import Backbone
-from anyword.diffusion.loading import DDIM_OVERRIDES, cast_modules, input_resolution
+from anyword.diffusion.loading import DDIM_OVERRIDES, cast_modules, input_resolution, write_json
 from anyword.downloads import Availability
 from anyword.errors import ModelUnavailableError
 from anyword.repository import Layout, availability, resolve
@@ -201,6 +201,6 @@ def write_ldm_stand_in(folder: Path, seed: int = 0) -> None:
     shutil.copytree(config / "scheduler", folder / "scheduler", dirs_exist_ok=True)
     vocabulary = packaged_dir("wordpiece-test-vocab")
     shutil.copytree(vocabulary, folder / "tokenizer", ignore=shutil.ignore_patterns("*.md"), dirs_exist_ok=True)
-    (folder / "model_index.json").write_text(json.dumps(LDM_MODEL_INDEX, indent=2) + "\n")
+    write_json(folder / "model_index.json", LDM_MODEL_INDEX)
     (folder / "images").mkdir(exist_ok=True)
     (folder / "images" / "sample.png").write_bytes(b"\x89PNG\r\n\x1a\n stand-in: never read by the loader")

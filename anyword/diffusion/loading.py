@@ -319,18 +319,19 @@ def write_sd_stand_in(folder: Path, seed: int = 0) -> None:
     shutil.copytree(
         packaged_tokenizer_dir(), folder / "tokenizer", ignore=shutil.ignore_patterns("*.md"), dirs_exist_ok=True
     )
-    _write_json(folder / "scheduler" / "scheduler_config.json", SD_PUBLISHED_SCHEDULER)
-    _write_json(folder / "model_index.json", SD_MODEL_INDEX)
-    _write_json(folder / "feature_extractor" / "preprocessor_config.json",
+    write_json(folder / "scheduler" / "scheduler_config.json", SD_PUBLISHED_SCHEDULER)
+    write_json(folder / "model_index.json", SD_MODEL_INDEX)
+    write_json(folder / "feature_extractor" / "preprocessor_config.json",
                 {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
                  "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
                  "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224})  # fmt: skip
-    _write_json(folder / "safety_checker" / "config.json",
+    write_json(folder / "safety_checker" / "config.json",
                 {"_name_or_path": "CompVis/stable-diffusion-safety-checker",
                  "architectures": ["StableDiffusionSafetyChecker"], "model_type": "clip"})  # fmt: skip
     marker = {"concept_embeds": torch.zeros(2, 4)}  # the loader never reads it: a stand-in only by name and format
     for dtype, variant in ((torch.float32, ""), (torch.float16, ".fp16")):
-        _save_state({k: v.to(dtype) for k, v in marker.items()}, folder / "safety_checker", f"model{variant}")
+        cast = {k: v.to(dtype) for k, v in marker.items()}
+        _save_state(cast, folder / "safety_checker", f"model{variant}", f"pytorch_model{variant}")
 
 
 def save_published_weights(module, folder: Path, diffusers: bool) -> None:
@@ -341,17 +342,19 @@ def save_published_weights(module, folder: Path, diffusers: bool) -> None:
     state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
     for dtype, variant in ((torch.float32, ""), (torch.float16, ".fp16")):
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        _save_state(cast, folder, f"{stem}{variant}", bin_name=f"{bin_stem}{variant}")
+        _save_state(cast, folder, f"{stem}{variant}", f"{bin_stem}{variant}")
 
 
-def _save_state(state: dict, folder: Path, name: str, bin_name: str | None = None) -> None:
+def _save_state(state: dict, folder: Path, name: str, bin_name: str) -> None:
+    """``state`` as ``name.safetensors`` and as the pickled ``bin_name.bin`` beside it."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / f"{name}.safetensors"), metadata={"format": "pt"})
-    torch.save(state, folder / f"{bin_name or name.replace('model', 'pytorch_model', 1)}.bin")
+    torch.save(state, folder / f"{bin_name}.bin")
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as an indented JSON file, its folder made (configs of the stand-in repositories)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

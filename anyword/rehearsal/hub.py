@@ -98,10 +98,6 @@ class LocalHub:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def refresh(self) -> None:
-        """Read the folders again (after a test changed a published file)."""
-        self._repos = {repo: self._index(folder) for repo, folder in self.repos.items()}
-
     def cut_after(self, path: str, size: int) -> None:
         """The next GET of ``path`` (a URL path) sends ``size`` bytes, then closes the connection."""
         self._cuts[path] = size
@@ -114,10 +110,6 @@ class LocalHub:
         """The next GET of ``path`` sends bytes that differ from the file (its announced size and digest stay):
         what a flaky proxy or a tampered mirror does."""
         self._corrupt.add(path)
-
-    def downloads(self) -> list[str]:
-        """The paths of the files sent in full or in part (GET requests of files that succeeded)."""
-        return [r.path for r in self.requests if r.method == "GET" and r.status in (200, 206) and "/api/" not in r.path]
 
     @staticmethod
     def _index(folder: Path) -> _Repo:

@@ -139,9 +139,9 @@ class HubWeights:
         return resolve(self.repos[model], [hub_layout(self.what)])[0]
 
     def files(self, model: str) -> list[tuple[str, int]]:
-        from anyword.downloads import hub_file_sizes
+        from anyword.downloads import hub_file_sizes, matching
 
-        return hub_file_sizes(self.repos[model], hub_layout(self.what).patterns())
+        return matching(hub_file_sizes(self.repos[model]), hub_layout(self.what).patterns())
 
     def write_stand_in(self, folder: Path, model: str, seed: int = 0) -> Path:
         """The toy-size model saved as transformers publishes it: ``config.json``, ``model.safetensors``,
