@@ -272,7 +272,7 @@ class SegmentAnyword:
             if key not in self._segmenters:
                 options = self._segmenter_options if key == self.segmenter_key else {}
                 self._segmenters[key] = segmenter_spec(key).load(
-                    options.get("model"),
+                    options.get("model") or self.preset.default_segmenter_model(key),
                     weights=self.preset.segmenter_weights,
                     checkpoint=options.get("checkpoint"),
                     device=self._device,

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Literal
 
 from anyword.downloads import Availability
 from anyword.errors import AnywordError
-from anyword.segment import PRETRAINED, RANDOM, TINY, SegmenterWeights, segmenter_spec
+from anyword.segment import PRETRAINED, RANDOM, SAM_SHAPES, TINY, SegmenterWeights, segmenter_spec
 from anyword.settings import Overrides, Quality
 
 if TYPE_CHECKING:
     from anyword.diffusion import Backbone
     from anyword.settings import PipelineSettings
 
-ExampleSet = Literal["photos", "shapes"]  # which demo examples suit a preset
+ExampleSet = Literal["photos", "shapes", "parts"]  # which demo examples suit a preset
 
 DEFAULT_PRESET = "sd15"  # the demo's and `segment`'s: Stable Diffusion 1.5, an alternative backbone of the paper
 TEST_PRESET = "tiny"  # what tests and benchmarks build when told nothing
@@ -75,13 +75,15 @@ class Preset:
         loader: ``loader(name=, device=, dtype=, seed=)`` -> :class:`~anyword.diffusion.Backbone` (call
             :meth:`load`, which names the model after the preset).
         segmenter: the default segmenter (a key of :data:`anyword.segment.SEGMENTERS`).
+        segmenter_model: the size that segmenter loads with this preset unless one is asked for (``None``: the
+            segmenter's own default).
         segmenter_weights: which weights any segmenter gets with this preset: "pretrained", "tiny" (toy size,
             random) or "random" (full size, random).
         overrides: the settings it runs with, relative to the paper's.
         random_weights: the backbone's weights are random (its maps and masks mean nothing).
         backbone_availability: whether the backbone's weights are here, downloadable or missing.
         cpu_cost: measured cost of a learning step on a CPU, for presets too big to run there comfortably.
-        examples: which demo examples suit it ("photos" or "shapes").
+        examples: which demo examples suit it ("photos", "shapes" or "parts").
         in_demo: offered in the demo's model choice.
         budgets: learning steps of the "paper" and "fast" qualities for this model (the paper's 1100 and 50
             unless its scale differs).
@@ -105,6 +107,7 @@ class Preset:
     cpu_cost: CpuCost | None = None
     examples: ExampleSet = "photos"
     in_demo: bool = True
+    segmenter_model: str | None = None
     budgets: dict[Quality, int] = field(default_factory=dict)
     shipped_adapter: str | None = None
     gpu_reservation: GpuReservation = GpuReservation()
@@ -137,7 +140,12 @@ class Preset:
         return path if path.is_dir() else None
 
     def segmenter_availability(self, segmenter: str | None = None, model: str | None = None) -> Availability:
-        return segmenter_spec(segmenter or self.segmenter).availability(model, self.segmenter_weights)
+        key = segmenter or self.segmenter
+        return segmenter_spec(key).availability(model or self.default_segmenter_model(key), self.segmenter_weights)
+
+    def default_segmenter_model(self, segmenter: str) -> str | None:
+        """The size segmenter ``segmenter`` loads with this preset when none is asked for."""
+        return self.segmenter_model if segmenter == self.segmenter else None
 
     def availability(self) -> Availability:
         """The backbone's and the default segmenter's availability together (missing if either is)."""
@@ -159,6 +167,7 @@ class Preset:
             "description": self.description,
             "backbone": self.backbone_id,
             "segmenter": self.segmenter,
+            "segmenter_model": self.segmenter_model,
             "segmenter_weights": self.segmenter_weights,
             "random_weights": self.random_weights,
             "settings": self.overrides.to_dict(),
@@ -192,6 +201,7 @@ _build_tiny, _build_sd15_random = _lazy(_LOADING, "build_tiny"), _lazy(_LOADING,
 _load_ldm, _ldm_availability = _lazy(_LDM, "load_ldm"), _lazy(_LDM, "ldm_availability")
 _build_ldm_tiny, _build_ldm_random = _lazy(_LDM, "build_ldm_tiny"), _lazy(_LDM, "build_ldm_random")
 _load_shapes = _lazy("anyword.diffusion.shapes_model", "load_shapes_backbone")
+PARTS_PRESET = "parts"  # the model trained on shapes world 2 (objects with parts)
 
 
 # Measured on 2 CPU threads with the random-weight stand-ins of the same architectures (docs/performance.md).
@@ -286,14 +296,29 @@ def _pretrained(name: str, model: str, description: str, family: str = "sd", ext
     )
 
 
-def _shapes_availability() -> Availability:
+def _shapes_availability(world: str = SHAPES_PRESET) -> Availability:
     from anyword.diffusion.shapes_model import missing_weight_files, weights_dir
 
-    folder = weights_dir()
+    folder = weights_dir(world)
     missing = missing_weight_files(folder)
     if missing:
-        return Availability("missing", str(folder), f"the shapes weights are missing ({', '.join(missing)})")
+        return Availability("missing", str(folder), f"the {world} weights are missing ({', '.join(missing)})")
     return Availability("shipped", str(folder))
+
+
+# The shapes models' settings, chosen on world 1's validation scenes only (never the test scenes 0-99;
+# docs/benchmarks.md): their cross-attention localises best at small t on the 16x16 and 32x32 grids; prompt learning
+# saturates after ~30 steps of batch 4 over all timesteps; adjective points that follow their noun's map help.
+_SHAPES_OVERRIDES = Overrides(
+    attention_resolutions=(16, 32),
+    attention_timesteps=(0, 400),
+    learning_steps=30,
+    learning_batch=4,
+    inversion_steps=50,
+    adjective_region="noun_support",
+)
+# The paper's 1100 / 50 steps scaled to these models: the full setting is 30 steps, Segment Anyword_f's a tenth.
+_SHAPES_BUDGETS = {"paper": 30, "fast": 3}
 
 
 PRESETS: dict[str, Preset] = {
@@ -327,29 +352,32 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             SHAPES_PRESET,
-            "toy text-to-image model trained in this repository + GrabCut: real maps and masks on shape scenes, "
-            "offline",
+            "toy text-to-image model trained in this repository + the SAM trained in its world of parts: real maps "
+            "and masks on shape scenes, offline",
             backbone_id="anyword/data/shapes",
             loader=_load_shapes,
-            segmenter="grabcut",
+            segmenter="sam",
+            segmenter_model=SAM_SHAPES,
             segmenter_weights=PRETRAINED,
-            # Chosen on validation scenes only (never the test scenes 0-99; docs/benchmarks.md): its cross-attention
-            # localises best at small t on the 16x16 and 32x32 grids; prompt learning saturates after ~30 steps of
-            # batch 4 over all timesteps; adjective points that follow their noun's map help GrabCut.
-            overrides=Overrides(
-                attention_resolutions=(16, 32),
-                attention_timesteps=(0, 400),
-                learning_steps=30,
-                learning_batch=4,
-                inversion_steps=50,
-                adjective_region="noun_support",
-            ),
+            overrides=_SHAPES_OVERRIDES,
             backbone_availability=_shapes_availability,
             examples="shapes",
-            # The paper's 1100 / 50 steps scaled to this model: its full setting is 30 steps, Segment Anyword_f's a
-            # tenth.
-            budgets={"paper": 30, "fast": 3},
+            budgets=_SHAPES_BUDGETS,
             shipped_adapter="shapes/adapter",
+        ),
+        Preset(
+            PARTS_PRESET,
+            "toy text-to-image model of shapes world 2 (objects with parts) + the SAM trained there, offline",
+            backbone_id="anyword/data/parts",
+            loader=lambda **options: _load_shapes(world=PARTS_PRESET, **options),
+            segmenter="sam",
+            segmenter_model=SAM_SHAPES,
+            segmenter_weights=PRETRAINED,
+            overrides=_SHAPES_OVERRIDES,
+            backbone_availability=lambda: _shapes_availability(PARTS_PRESET),
+            examples="parts",
+            budgets=_SHAPES_BUDGETS,
+            shipped_adapter="parts/adapter",
         ),
         _stand_in(
             TEST_PRESET,

@@ -29,7 +29,11 @@ INTRO = (
     "negatives), and a promptable segmenter turns points into masks. "
     "[Paper (ICML 2025)](https://zhihualiuved.github.io/segment_anyword)"
 )
-EXAMPLE_GROUPS = {"photos": ("Photos (pretrained models)", 5), "shapes": ("Shape scenes (the shapes model)", 4)}
+EXAMPLE_GROUPS = {
+    "photos": ("Photos (pretrained models)", 5),
+    "shapes": ("Shape scenes (the shapes model)", 4),
+    "parts": ("Objects with parts (the parts model)", 4),
+}
 
 
 class UploadedImage(gr.Image):
@@ -96,8 +100,9 @@ class Page:
 
 
 def examples(group: str) -> list[list[str]]:
-    """``[image path, caption]`` rows from ``assets/examples.json`` ("photos") or ``assets/shapes`` ("shapes")."""
-    folder = ASSETS / "shapes" if group == "shapes" else ASSETS
+    """``[image path, caption]`` rows from ``assets/examples.json`` ("photos"), ``assets/shapes`` ("shapes") or
+    ``assets/parts`` ("parts")."""
+    folder = ASSETS if group == "photos" else ASSETS / group
     index = json.loads((folder / "examples.json").read_text())
     return [[str(folder / row["image"]), row["caption"]] for row in index]
 

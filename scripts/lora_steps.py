@@ -29,12 +29,17 @@ def measure(args: argparse.Namespace) -> None:
 
     from anyword.pipeline import SegmentAnyword
     from anyword.presets import SHAPES_PRESET
+    from anyword.segment import GRABCUT
     from anyword.settings import Overrides
     from anyword.shapes.ablation import ABLATION, ablation
 
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"cells": {}}
     data["machine"] = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
-    pipelines = {"none": SegmentAnyword(SHAPES_PRESET), "adapter": SegmentAnyword(SHAPES_PRESET, adapter=args.adapter)}
+    # GrabCut: the segmenter the shapes preset had when these cells were measured (docs/benchmarks.md)
+    pipelines = {
+        "none": SegmentAnyword(SHAPES_PRESET, segmenter=GRABCUT),
+        "adapter": SegmentAnyword(SHAPES_PRESET, adapter=args.adapter, segmenter=GRABCUT),
+    }
     data["adapter"] = pipelines["adapter"].adapter.ident
     for split in args.splits:
         for steps in args.steps:

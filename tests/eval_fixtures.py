@@ -133,20 +133,32 @@ def write_grefcoco(root: Path) -> Fixture:
     return fixture
 
 
-def write_refcoco(root: Path, name: str = "refcoco", split_by: str = "unc", splits=("val", "testA")) -> Fixture:
+def write_refcoco(
+    root: Path, name: str = "refcoco", split_by: str = "unc", splits=("val", "testA"), wordings: int = 1
+) -> Fixture:
+    """RefCOCO's layout; each ref has ``wordings`` sentences (sent ids ``1000 + i`` for one; ``1000 + 10 i + k``
+    for several: the phrase, "the" + phrase, "this" + phrase, ...)."""
     fixture = Fixture(root)
     images, annotations, phrases = _coco(fixture, root / "images" / "train2014", multi_shape_scenes(2))
+    openers = ("", "the ", "this ", "that ")
+
+    def sentences(i: int, phrase: str) -> list[dict]:
+        ids = [1000 + i] if wordings == 1 else [1000 + 10 * i + k for k in range(wordings)]
+        return [{"sent_id": s, "sent": openers[k] + phrase, "tokens": []} for k, s in enumerate(ids)]
+
     refs = [
         {"ref_id": i, "image_id": a["image_id"], "ann_id": a["id"], "category_id": 1, "split": splits[i % 2],
-         "sent_ids": [1000 + i], "sentences": [{"sent_id": 1000 + i, "sent": phrases[a["id"]], "tokens": []}]}
+         "sentences": sentences(i, phrases[a["id"]])}
         for i, a in enumerate(annotations)
     ]  # fmt: skip
+    for ref in refs:
+        ref["sent_ids"] = [s["sent_id"] for s in ref["sentences"]]
     folder = root / name
     folder.mkdir(parents=True)
     (folder / f"refs({split_by}).p").write_bytes(pickle.dumps(refs, protocol=2))
     (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations}))
-    fixture.truth = {f"sent {r['sent_id'] if 'sent_id' in r else r['sentences'][0]['sent_id']}": (
-        r["split"], fixture.masks[r["ann_id"]]) for r in refs}  # fmt: skip
+    fixture.truth = {f"sent {s['sent_id']}": (r["split"], fixture.masks[r["ann_id"]])
+                     for r in refs for s in r["sentences"]}  # fmt: skip
     return fixture
 
 

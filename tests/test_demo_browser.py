@@ -165,6 +165,38 @@ def test_sessions_do_not_see_each_other(browser, demo_server):
     expect(cat_page.locator("#concepts")).to_contain_text("pink nose")
 
 
+# --- the offline product: world 2 on the parts model and the SAM trained there ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_on_parts():
+    from demo.process import start_demo
+
+    process, url, seconds = start_demo("--preset", "parts", "--device", "cpu")
+    print(f"\ndemo on parts served {url} {seconds:.1f} s after launch")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_a_world_two_example_with_a_corrective_click_resegments_with_the_trained_sam(browser, demo_on_parts):
+    rows = json.loads((Path(__file__).parent.parent / "assets" / "parts" / "examples.json").read_text())
+    caption = rows[1]["caption"]  # "A snowman is to the left of a target. The target is ... a house with a blue door."
+    page = open_page(browser, demo_on_parts)
+    pick_example_and_parse(page, caption)
+    compute(page, steps=2, seed=0)
+    segment(page)
+    first = downloaded_result(page)
+    assert first["models"]["segmenter"] == "sam" and first["models"]["segmenter_model"] == "sam-shapes"
+    previous = download_link(page)
+    x, y = click_editor(page, 0.5, 0.5)  # a corrective point on the first concept
+    seconds = segment(page)
+    server_ms = float(re.search(r"in (\d+) ms", notice(page)).group(1))
+    result = downloaded_result(page, previous=previous)
+    assert {"x": x, "y": y, "label": 1, "source": "user"} in result["concepts"][0]["points"]
+    print(f"\nbrowser (parts): re-segment after a click {seconds:.2f} s in the page, {server_ms:.0f} ms on the server")
+
+
 # --- the demo on the paper's alternative backbone, weights from the (stand-in) Hugging Face cache -----------------
 
 

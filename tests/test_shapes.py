@@ -379,7 +379,10 @@ def test_ablation_cli_prints_one_row_per_configuration(run_cli):
         for metric in ("miou", "ciou", "giou", "ap50", "recall"):
             assert 0.0 <= row[metric] <= 1.0, (name, metric)
         assert row["seconds_per_image"] > 0
-    assert result["rows"]["plain"]["segmenter"] == "plain" and result["rows"]["full"]["segmenter"] == "grabcut"
+    assert result["rows"]["plain"]["segmenter"] == "plain" and result["rows"]["full"]["segmenter"] == "sam-shapes"
+    assert result["rows"]["full_grabcut"]["segmenter"] == "grabcut"
+    # world 1 has no parts: no phrase can take the other granularity
+    assert result["ambiguous_phrases"] == 0 and result["rows"]["segmenter"]["ambiguous_phrase_iou"] is None
     again = json.loads(run_cli("shapes", "ablation", *quick, "--learning-rate", "0.002", "--json").stdout)
     assert {k: v["miou"] for k, v in again["rows"].items()} == {k: v["miou"] for k, v in result["rows"].items()}
 
@@ -395,7 +398,7 @@ def test_ablation_cli_prints_one_row_per_configuration(run_cli):
         (["shapes", "ablation", "--learning-rate", "0"], "--learning-rate: must be greater than 0.0, got 0.0"),
         (["shapes", "ablation", "--learning-rate", "nan"], "--learning-rate: expected a finite number, got 'nan'"),
         (["eval", "--dataset", "coco"], "invalid choice: 'coco'"),
-        (["eval", "--ablation"], "--ablation is `anyword shapes ablation` here"),
+        (["eval", "--dataset", "grandf", "--ablation"], "--ablation runs on the synthetic worlds (shapes, parts)"),
         (["eval", "--localization"], "--localization is `anyword shapes localization` here"),
         (["eval", "--dataset", "shapes", "--n", "2"], "needs --out RUN_DIR"),
     ],

@@ -14,11 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from anyword.cli import adapt, bench, download, evaluate, pairs, parse, presets, segment, shapes
+from anyword.cli import adapt, bench, download, evaluate, pairs, parse, presets, segment, shapes, stability
 from anyword.cli.options import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from anyword.errors import AnywordError
 
-COMMANDS = (parse, segment, pairs, adapt, evaluate, bench, presets, download, shapes)
+COMMANDS = (parse, segment, stability, pairs, adapt, evaluate, bench, presets, download, shapes)
 
 __all__ = ["EXIT_BUG", "EXIT_OK", "EXIT_USAGE", "build_argument_parser", "main"]
 

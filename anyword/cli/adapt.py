@@ -11,7 +11,7 @@ from anyword.cli.jsonl import beside, jsonl_lines
 from anyword.cli.options import add_device_options, add_output_options, add_renamed_option, report
 from anyword.cli.values import non_negative_int, positive_float, positive_int, preset_name, seed
 from anyword.errors import AnywordError
-from anyword.evaluation import SHAPES_DATASET
+from anyword.shapes.worlds import WORLDS
 
 NAME = "adapt"
 
@@ -24,7 +24,7 @@ def register(commands) -> None:
     add_device_options(parser)
     data = parser.add_argument_group("training pairs")
     data.add_argument("--pairs", default=None, help='JSONL, one {"image": path, "caption": text} per line')
-    data.add_argument("--dataset", default=None, choices=(SHAPES_DATASET,), help="pairs from the synthetic world")
+    data.add_argument("--dataset", default=None, choices=list(WORLDS), help="pairs from a synthetic world")
     data.add_argument("--split", nargs="+", default=["train"], help="shapes splits, drawn in turn (default train)")
     data.add_argument("--start", type=non_negative_int, default=20000, help="first shapes scene index")
     data.add_argument(
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from anyword.presets import DEFAULT_PRESET, get_preset
 
     if bool(args.pairs) == bool(args.dataset):
-        raise AnywordError(f"give either --pairs FILE.jsonl or --dataset {SHAPES_DATASET}")
+        raise AnywordError(f"give either --pairs FILE.jsonl or --dataset {'|'.join(WORLDS)}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AnywordError(f"--out {out} is a file; give a folder for the adapter (it is created if missing)")
@@ -102,17 +102,18 @@ def _pairs_file(file: Path):
 
 
 def _shapes_pairs(args: argparse.Namespace):
-    """Pairs from the shapes world: scenes ``--start``.. of each ``--split`` in turn (rendered at 64 px)."""
+    """Pairs from a synthetic world: scenes ``--start``.. of each ``--split`` in turn (rendered at 64 px)."""
     from anyword.diffusion.adaptation import TrainingPair
-    from anyword.shapes.scenes import SPLITS, make_scene, render
+    from anyword.shapes.scenes import SPLITS
 
+    world = WORLDS[args.dataset]
     unknown = [split for split in args.split if split not in SPLITS]
     if unknown:
         raise AnywordError(f"the shapes world has no split {unknown[0]!r}: choose from {', '.join(SPLITS)}")
     pairs = []
     for offset in range(args.n):
         split = args.split[offset % len(args.split)]
-        scene = make_scene(split, args.start + offset // len(args.split))
-        pairs.append(TrainingPair(f"{split}:{scene.index}", scene.caption, lambda s=scene: render(s, 64)[0]))
-    source = f"shapes {'+'.join(args.split)} scenes {args.start}..{args.start + (args.n - 1) // len(args.split)}"
+        scene = world.make_scene(split, args.start + offset // len(args.split))
+        pairs.append(TrainingPair(f"{split}:{scene.index}", scene.caption, lambda s=scene: world.render(s, 64)[0]))
+    source = f"{world.name} {'+'.join(args.split)} scenes {args.start}..{args.start + (args.n - 1) // len(args.split)}"
     return pairs, source, 0

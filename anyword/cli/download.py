@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     spec = segmenter_spec(args.segmenter or preset.segmenter)
-    model = spec.check_model(args.segmenter_model)
+    model = spec.check_model(args.segmenter_model or preset.default_segmenter_model(spec.key))
     sources = [(preset.published, _variant(args.dtype))] if preset.published is not None else []
-    if spec.published() is not None and preset.segmenter_weights == PRETRAINED:
+    shipped = spec.availability(model).state == "shipped"
+    if spec.published() is not None and preset.segmenter_weights == PRETRAINED and not shipped:
         sources.append((spec.published(), model))
     if not sources:
         return report(args, {"preset": preset.name, "files": [], "ready": True}, f"{preset.name}: nothing to "

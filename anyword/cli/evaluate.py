@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from anyword.cli.options import (
@@ -93,9 +94,42 @@ def register(commands) -> None:
     add_segmenter_options(parser)
     add_method_options(parser)
     add_parser_options(parser)
-    for report in ("--ablation", "--localization"):
-        add_renamed_option(parser, report, f"`anyword shapes {report.removeprefix('--')}`", " (a shapes report)")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="shapes worlds: print the paper's Table 6 rows (plain ... full, then GrabCut) instead of a run folder; "
+        "the same as `anyword shapes ablation --world DATASET`",
+    )
+    parser.add_argument(
+        "--stability",
+        action="store_true",
+        help="also measure stability across wordings (a ref's sentences; a shapes scene's paraphrases): "
+        "stability.json and the summary's 'stability' (IoU mean and std per target, mask agreement, easy/medium/hard)",
+    )
+    add_renamed_option(parser, "--localization", "`anyword shapes localization`", " (a shapes report)")
     parser.set_defaults(run=run)
+
+
+def _add_stability(args: argparse.Namespace, dataset, task, summary: dict) -> dict:
+    from anyword.evaluation.run import SUMMARY, chosen_samples
+    from anyword.evaluation.stability import run_stability
+
+    per_item = dataset.samples_per_item
+    samples = chosen_samples(dataset, args.start * per_item, args.n * per_item if args.n else None, args.draw)
+    summary = {**summary, "stability": run_stability(args.out, dataset, task, samples)}
+    (Path(args.out) / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    from anyword.cli.shapes import world_ablation
+    from anyword.shapes.ablation import ABLATION
+    from anyword.shapes.worlds import WORLDS
+
+    if args.dataset not in WORLDS:
+        raise AnywordError(f"--ablation runs on the synthetic worlds ({', '.join(WORLDS)}), not {args.dataset}")
+    args.split, args.n = args.split or "seen", args.n or 100
+    return world_ablation(args, args.dataset, list(ABLATION))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     from anyword.evaluation import get_dataset_spec, make_task, print_table
     from anyword.evaluation.run import current_processes, preflight, run_evaluation
 
+    if args.ablation:
+        return _ablation(args)
     if args.out is None:
         raise AnywordError(
             "anyword eval needs --out RUN_DIR (predictions.jsonl and summary.json go there); the shapes world's "
@@ -111,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
     spec = get_dataset_spec(args.dataset)
     preflight(Path(args.out))
     scenes = args.start + (args.n or 100) if args.draw is None else DRAW_SCENES
-    dataset = dataset_from(args, split=args.split or spec.default_split, count=scenes)
+    dataset = dataset_from(args, split=args.split or spec.default_split, count=scenes, wordings=args.stability)
+    stability = args.stability and dataset.no_wordings is None
+    if args.stability and not stability:
+        print(f"note: --stability skipped: {dataset.name} {dataset.no_wordings}", file=sys.stderr)
+    per_item = dataset.samples_per_item  # --start and --n count scenes; each has several wordings
     task = make_task(
         dataset,
         referent=args.referent,
@@ -131,13 +171,15 @@ def run(args: argparse.Namespace) -> int:
         dataset,
         task,
         args.out,
-        start=args.start,
-        n=args.n,
+        start=args.start * per_item,
+        n=args.n * per_item if args.n else None,
         progress=not args.quiet,
         draw_seed=args.draw,
     )
     if summary is None:  # another process of the run: the main one reports
         return EXIT_OK
+    if stability:
+        summary = _add_stability(args, dataset, task, summary)
     print_table(summary)
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
     return EXIT_OK

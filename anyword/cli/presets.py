@@ -36,7 +36,8 @@ def _print_preset(row: dict) -> None:
     state = "available" if row["available"] else "NOT AVAILABLE"
     random = ", random weights" if row["random_weights"] else ""
     print(f"{row['name']:12s} {state} ({weights['state']}{random}) - {row['description']}")
-    print(f"{'':12s} backbone {row['backbone']}; segmenter {row['segmenter']}; {row['learning_steps']} steps")
+    named = row["segmenter"] + (f" ({row['segmenter_model']})" if row["segmenter_model"] else "")
+    print(f"{'':12s} backbone {row['backbone']}; segmenter {named}; {row['learning_steps']} steps")
     where = weights["reason"] or weights["where"]
     if where:
         print(f"{'':12s} weights: {where}")

@@ -23,9 +23,9 @@ def preset_from(args: argparse.Namespace, default: str | None = None) -> Preset:
     return preset.with_model(args.model) if getattr(args, "model", None) else preset
 
 
-def dataset_from(args: argparse.Namespace, split: str, count: int):
+def dataset_from(args: argparse.Namespace, split: str, count: int, wordings: bool = False):
     """The dataset the dataset options name (:func:`~anyword.cli.options.add_dataset_options`), opened at
-    ``split``; ``count`` scenes for the shapes world."""
+    ``split``; ``count`` scenes for the shapes world, each in several wordings with ``wordings``."""
     from pathlib import Path
 
     from anyword.evaluation import DatasetOptions, open_dataset
@@ -37,6 +37,7 @@ def dataset_from(args: argparse.Namespace, split: str, count: int):
         count=count,
         image_size=args.image_size,
         classes=getattr(args, "classes", None) or "all",
+        wordings=wordings,
     )
     return open_dataset(args.dataset, options)
 

@@ -51,8 +51,9 @@ SCHEDULER_CONFIG = {
 WEIGHT_FILES = ("unet.safetensors", "text_encoder.safetensors", "model.json")
 
 
-def weights_dir() -> Path:
-    return Path(str(resources.files("anyword") / "data" / "shapes"))
+def weights_dir(world: str = "shapes") -> Path:
+    """The package folder of a world's model: ``shapes`` (world 1) or ``parts`` (world 2)."""
+    return Path(str(resources.files("anyword") / "data" / world))
 
 
 def missing_weight_files(folder: Path | None = None) -> list[str]:
@@ -73,6 +74,14 @@ def build_models(seed: int = 0):
     return unet, text_encoder
 
 
+def load_weights(unet, text_encoder, folder: Path) -> None:
+    """Load a shapes model's fp16 safetensors from ``folder`` into ``unet`` and ``text_encoder`` (as fp32)."""
+    from safetensors.torch import load_file
+
+    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+        module.load_state_dict({k: v.float() for k, v in load_file(str(folder / f"{name}.safetensors")).items()})
+
+
 def make_scheduler():
     from diffusers import DDIMScheduler
 
@@ -86,15 +95,15 @@ def load_shapes_backbone(
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
     folder: str | Path | None = None,
+    world: str = "shapes",
 ):
-    """The trained shapes model from the package's safetensors (no network; ``seed`` is unused: trained weights).
-    ``dtype`` defaults to fp32 (the model is small and was trained in fp32)."""
-    from safetensors.torch import load_file
+    """A world's trained shapes model from the package's safetensors (or ``folder``'s; no network; ``seed`` is
+    unused: trained weights). ``dtype`` defaults to fp32 (the model is small and was trained in fp32)."""
 
     from anyword.diffusion.backbone import Backbone
     from anyword.tokens import load_tokenizer
 
-    folder = Path(folder) if folder else weights_dir()
+    folder = Path(folder) if folder else weights_dir(world)
     missing = missing_weight_files(folder)
     if missing:
         raise ModelUnavailableError(
@@ -102,8 +111,7 @@ def load_shapes_backbone(
             "`anyword shapes train` (see docs/benchmarks.md)"
         )
     unet, text_encoder = build_models()
-    unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet.safetensors")).items()})
-    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder.safetensors")).items()})
+    load_weights(unet, text_encoder, folder)
     info = json.loads((folder / "model.json").read_text())
     device = pick_device(device)
     dtype = pick_dtype(device, dtype or torch.float32)
@@ -119,5 +127,5 @@ def load_shapes_backbone(
         device=device,
         dtype=dtype,
         random_weights=False,
-        source=f"anyword/data/shapes (trained {info.get('steps', '?')} steps, seed {info.get('seed', '?')})",
+        source=f"anyword/data/{folder.name} (trained {info.get('steps', '?')} steps, seed {info.get('seed', '?')})",
     )

@@ -17,7 +17,7 @@ from anyword.evaluation.pascal_context import PascalContext59
 from anyword.evaluation.phrase_similarity import RECALL_MODEL
 from anyword.evaluation.referring import GRefCoco, RefCoco, RefCocoG, RefCocoPlus
 from anyword.evaluation.run import print_table, run_evaluation
-from anyword.evaluation.shapes_scenes import SHAPES_DATASET, ShapesReferring, ShapesScenes
+from anyword.evaluation.shapes_scenes import SHAPES_DATASET, PartsScenes, ShapesReferring, ShapesScenes
 from anyword.evaluation.tasks import (
     REFERENT_CHOICES,
     SCORING_CHOICES,
@@ -27,14 +27,15 @@ from anyword.evaluation.tasks import (
     Semantic,
     Task,
 )
-from anyword.presets import LDM_PRESET, SHAPES_PRESET
+from anyword.presets import LDM_PRESET, PARTS_PRESET, SHAPES_PRESET
 
 
 @dataclass(frozen=True)
 class DatasetOptions:
     """Where and how to open a dataset: its folder and split; ``image_root`` for other image layouts; ``count``
     and ``image_size`` the shapes world's (how many scenes exist, their size); ``classes`` PASCAL-Context's caption
-    protocol ("all" or the oracle "present")."""
+    protocol ("all" or the oracle "present"); ``wordings``: each shapes scene in several paraphrases
+    (``--stability``)."""
 
     split: str
     root: Path | None = None
@@ -42,6 +43,7 @@ class DatasetOptions:
     count: int = 100
     image_size: int = 128
     classes: str = "all"
+    wordings: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,14 @@ DATASETS = {
     ),
     SHAPES_DATASET: DatasetSpec(
         SHAPES_DATASET, "synthetic shape scenes (ships with the package)",
-        lambda o: ShapesScenes(o.split, o.count, o.image_size), ShapesScenes.splits, "seen", needs_root=False,
+        lambda o: ShapesScenes(o.split, o.count, o.image_size, o.wordings), ShapesScenes.splits, "seen",
+        needs_root=False,
         preset=SHAPES_PRESET,
+    ),
+    PartsScenes.name: DatasetSpec(
+        PartsScenes.name, "synthetic scenes of objects with named parts, shapes world 2 (ships with the package)",
+        lambda o: PartsScenes(o.split, o.count, o.image_size), PartsScenes.splits, "seen", needs_root=False,
+        preset=PARTS_PRESET,
     ),
     "shapes-referring": DatasetSpec(
         "shapes-referring", "shape scenes with referring expressions, half naming an absent shape",

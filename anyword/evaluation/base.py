@@ -82,6 +82,9 @@ class EvalDataset(ABC):
     name: str = ""
     task: str = REFERRING
     splits: tuple[str, ...] = ()
+    # Why the dataset has no wordings to compare (``--stability``); ``None``: :meth:`wording_group` groups them.
+    no_wordings: str | None = "it holds one caption per target"
+    samples_per_item: int = 1  # samples per scene or record that --start and --n count (several wordings: more)
 
     def __init__(self, split: str):
         if self.splits and split not in self.splits:
@@ -91,6 +94,11 @@ class EvalDataset(ABC):
     @abstractmethod
     def samples(self) -> list[Sample]:
         """Every sample of the split, in the dataset's order."""
+
+    def wording_group(self, sample: Sample) -> str | None:
+        """The group of samples that word the same targets (``--stability``): e.g. ``"ref 12"`` for a RefCOCO
+        ref's sentences; ``None`` where the dataset has none (:attr:`no_wordings` says why)."""
+        return None
 
     def concepts(self, sample: Sample) -> tuple[str, ...]:
         """The phrases to segment when the dataset fixes them (empty: parse the caption)."""

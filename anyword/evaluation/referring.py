@@ -81,6 +81,11 @@ class ReferringDataset(EvalDataset):
             samples.append(Sample(f"sent {sent_id}", sample_ids, image, _text(sentence), problem=problem))
         return samples
 
+    no_wordings = None  # a ref's sentences word one target
+
+    def wording_group(self, sample: Sample) -> str:
+        return f"ref {sample.ids['ref_id']}"
+
     def image_size(self, sample: Sample) -> tuple[int, int]:
         return self.coco.image_size(self.refs[sample.ids["ref_id"]].get("image_id"))
 

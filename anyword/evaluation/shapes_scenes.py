@@ -1,12 +1,15 @@
-"""The synthetic shapes world as an evaluation dataset (grounded task, GranDf's metrics): scene ``i`` of a split
-is sample ``scene i``, rendered at ``image_size`` pixels; its phrases' visible-instance masks are the truth."""
+"""The synthetic shapes worlds as evaluation datasets (grounded task, GranDf's metrics): scene ``i`` of a split
+is sample ``scene i``, rendered at ``image_size`` pixels; its phrases' visible masks are the truth (world 2: every
+named whole and part)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from anyword.evaluation.base import GROUNDED, REFERRING, EvalDataset, GroundedTarget, ReferringTarget, Sample
+from anyword.shapes.parts import PARTS_DATASET
 from anyword.shapes.scenes import NOVEL_NOUNS, SHAPES, SHAPES_DATASET, SPLITS, make_scene, render
+from anyword.shapes.worlds import get_world
 
 
 class _ShapesWorld(EvalDataset):
@@ -27,20 +30,62 @@ class _ShapesWorld(EvalDataset):
 
 
 class ShapesScenes(_ShapesWorld):
+    """Scenes of a world; with ``wordings`` (world 1), each scene in every paraphrase of
+    :data:`~anyword.shapes.wordings.WORDINGS` (samples ``scene i wording w``, grouped by scene for ``--stability``)."""
+
     name = SHAPES_DATASET
     task = GROUNDED
     splits = SPLITS
 
+    def __init__(self, split: str, count: int, image_size: int = 128, wordings: bool = False):
+        super().__init__(split, count, image_size)
+        self.wordings = wordings
+        if wordings:
+            from anyword.shapes.wordings import WORDINGS
+
+            self.no_wordings, self.samples_per_item = None, len(WORDINGS)
+
+    def wording_group(self, sample: Sample) -> str | None:
+        return f"scene {sample.ids['scene']}" if self.wordings else None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "wordings": self.wordings}
+
+    def image(self, sample: Sample) -> np.ndarray:
+        world = get_world(self.name)
+        return world.render(world.make_scene(self.split, sample.ids["scene"]), self.side)[0]
+
     def samples(self) -> list[Sample]:
+        world = get_world(self.name)
+        if not self.wordings:
+            return [
+                Sample(key=f"scene {i}", ids={"scene": i}, image=None, caption=world.make_scene(self.split, i).caption)
+                for i in range(self.count)
+            ]
+        from anyword.shapes.wordings import paraphrases
+
         return [
-            Sample(key=f"scene {i}", ids={"scene": i}, image=None, caption=make_scene(self.split, i).caption)
+            Sample(key=f"scene {i} wording {w}", ids={"scene": i, "wording": w}, image=None, caption=caption)
             for i in range(self.count)
+            for w, (caption, _) in enumerate(paraphrases(world.make_scene(self.split, i)))
         ]
 
     def target(self, sample: Sample) -> GroundedTarget:
-        scene = make_scene(self.split, sample.ids["scene"])
-        _, masks = render(scene, self.side)
-        return GroundedTarget(tuple(masks[p.shape_index] for p in scene.phrases), tuple(p.text for p in scene.phrases))
+        world = get_world(self.name)
+        scene = world.make_scene(self.split, sample.ids["scene"])
+        _, masks = world.render(scene, self.side)
+        phrases = scene.phrases
+        if "wording" in sample.ids:
+            from anyword.shapes.wordings import paraphrases
+
+            phrases = paraphrases(scene)[sample.ids["wording"]][1]
+        return GroundedTarget(tuple(masks[p.shape_index] for p in phrases), tuple(p.text for p in phrases))
+
+
+class PartsScenes(ShapesScenes):
+    """Shapes world 2: objects with named parts."""
+
+    name = PARTS_DATASET
 
 
 class ShapesReferring(_ShapesWorld):

@@ -149,6 +149,11 @@ class Task(ABC):
         """The task's options, as run summaries record them."""
         return {}
 
+    def targets(self, dataset: EvalDataset, sample: Sample, record: dict) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Per ground-truth target of the sample: ``(index, predicted mask, true mask)`` at the image's size (what
+        ``--stability`` compares across wordings). Tasks without per-target masks have none."""
+        raise AnywordError(f"the {self.name} task has no per-target masks to compare across wordings")
+
 
 def _list_of(record: dict, field: str, keys: tuple[str, ...]) -> list[dict]:
     items = record.get(field)
@@ -254,6 +259,10 @@ class Referring(Task):
             raise DatasetError(f"record {record.get('key')!r}: 'no_target' must be true or false")
         return [record["mask"]]
 
+    def targets(self, dataset, sample, record) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        mask = _same_size(rle_mask(record["mask"]), dataset.image_size(sample), record["key"])
+        return [(0, mask, _same_size(dataset.target(sample).mask, mask.shape, record["key"]))]
+
     def entry(self, dataset, sample, record) -> ReferringScore:
         mask = _same_size(rle_mask(record["mask"]), dataset.image_size(sample), record["key"])
         if self.score_at == "official":
@@ -306,6 +315,17 @@ class Grounded(Task):
 
     def record_masks(self, record: dict) -> list:
         return [m["rle"] for m in _list_of(record, "masks", ("phrase", "rle"))]
+
+    def targets(self, dataset, sample, record) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """Each true phrase against the first predicted mask whose phrase names it (GranDf's word test); an empty
+        mask when none does."""
+        result = self.entry(dataset, sample, record)
+        rows = []
+        for index, (truth, phrase) in enumerate(zip(result.targets, result.target_phrases, strict=True)):
+            named = [p for p, text in zip(result.predictions, result.predicted_phrases, strict=True)
+                     if word_phrase_match(phrase, text)]  # fmt: skip
+            rows.append((index, named[0] if named else np.zeros_like(truth), truth))
+        return rows
 
     def entry(self, dataset, sample, record) -> ImageResult:
         target = dataset.target(sample)

@@ -21,6 +21,7 @@ PRETRAINED: SegmenterWeights = "pretrained"  # the published checkpoint
 TINY: SegmenterWeights = "tiny"  # the same classes at toy size, seeded random weights (tests)
 RANDOM: SegmenterWeights = "random"  # full size, seeded random weights (timing only)
 WEIGHTS: tuple[SegmenterWeights, ...] = get_args(SegmenterWeights)
+SAM_SHAPES = "shapes"  # the sam backend's model trained in the shapes world (ships with the package)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
             "sam",
             "SAM (Kirillov et al. 2023), the paper's segmenter",
             "anyword.segment.sam",
-            ("vit_h", "vit_l", "vit_b"),
+            ("vit_h", "vit_l", "vit_b", SAM_SHAPES),
             "vit_h",
         ),
         SegmenterSpec(
@@ -122,6 +123,7 @@ SEGMENTERS: dict[str, SegmenterSpec] = {
     )
 }
 PLAIN = "plain"  # the ablation's "no segmenter" row (paper Table 6, row 1) is this entry
+GRABCUT = "grabcut"  # the weight-free stand-in the shapes ablation sets beside a trained SAM
 
 
 def segmenter_spec(key: str) -> SegmenterSpec:
@@ -137,9 +139,11 @@ def models_help() -> str:
 
 
 __all__ = [
+    "GRABCUT",
     "PLAIN",
     "PRETRAINED",
     "RANDOM",
+    "SAM_SHAPES",
     "SEGMENTERS",
     "TINY",
     "MaskPrediction",

@@ -23,11 +23,12 @@ from anyword.metrics import (
     mask_iou,
     word_phrase_match,
 )
-from anyword.segment import PLAIN
+from anyword.segment import GRABCUT, PLAIN
 from anyword.settings import Overrides, PipelineSettings, apply_overrides
-from anyword.shapes.scenes import SHAPES_DATASET, Scene, make_scene, render
+from anyword.shapes.scenes import SHAPES_DATASET
+from anyword.shapes.worlds import get_world
 
-PROMPTABLE = "promptable"  # the pipeline's segmenter (GrabCut by default in the shapes world; --segmenter picks)
+PROMPTABLE = "promptable"  # the pipeline's segmenter (the SAM trained in world 2 by default; --segmenter picks)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Variant:
         return Overrides(learning_steps=None if self.learning else 0, r1=self.r1, r2=self.r2)
 
 
-# Mirrors the paper's Table 6 (w/SAM -> a promptable segmenter; by default here the weight-free GrabCut).
+# Mirrors the paper's Table 6 (w/SAM -> the pipeline's promptable segmenter), then GrabCut in its place.
 ABLATION = {
     "plain": Variant(PLAIN, learning=False, r1=False, r2=False),
     "segmenter": Variant(PROMPTABLE, learning=False, r1=False, r2=False),
@@ -53,10 +54,14 @@ ABLATION = {
     "pl_r1": Variant(PROMPTABLE, learning=True, r1=True, r2=False),
     "pl_r2": Variant(PROMPTABLE, learning=True, r1=False, r2=True),
     "full": Variant(PROMPTABLE, learning=True, r1=True, r2=True),
+    "grabcut": Variant(GRABCUT, learning=False, r1=False, r2=False),
+    "full_grabcut": Variant(GRABCUT, learning=True, r1=True, r2=True),
 }
+# The row whose lone-point masks define the ambiguous subset (phrases whose mask took the wrong granularity).
+AMBIGUITY_ROW = "segmenter"
 
 
-def match_concepts(scene: Scene, concepts) -> dict[int, int]:
+def match_concepts(scene, concepts) -> dict[int, int]:
     """Ground-truth phrase index -> concept id, for concepts whose phrase names that shape (noun + its words)."""
     matches: dict[int, int] = {}
     used: set[int] = set()
@@ -76,6 +81,7 @@ class _Record:
     images: list[ImageResult] = dataclasses.field(default_factory=list)
     pairs: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
     seconds: list[float] = dataclasses.field(default_factory=list)
+    wrong_granularity: list[bool] = dataclasses.field(default_factory=list)  # per pair: the other granularity won
 
 
 def ablation(
@@ -87,17 +93,24 @@ def ablation(
     start: int = 0,
     progress: bool = True,
     settings: PipelineSettings | None = None,
+    world: str = SHAPES_DATASET,
 ) -> dict:
-    """Segment scenes ``start .. start+n-1`` of ``split`` with each variant of the full method run by ``pipeline``
-    with ``settings`` (default: the pipeline's); metrics per variant. The diffusion stage runs at most twice per
-    image (with and without prompt learning) and each segmenter embeds each image once: the variants share them."""
+    """Segment scenes ``start .. start+n-1`` of ``world``'s ``split`` with each variant of the full method run by
+    ``pipeline`` with ``settings`` (default: the pipeline's); metrics per variant. The diffusion stage runs at most
+    twice per image (with and without prompt learning) and each segmenter embeds each image once: the variants share
+    them.
+
+    In a world with parts, a phrase is *ambiguous* when the :data:`AMBIGUITY_ROW` row's mask (one point, no
+    learning) overlaps a region of the other granularity (its whole, or one of its parts) more than its own; each row
+    also reports its phrase IoU on that subset."""
     variants = variants or {"full": ABLATION["full"]}
+    chosen = get_world(world)
     settings = settings or pipeline.settings
     records = {name: _Record() for name in variants}
     parsed = found = 0
     for index in tqdm(range(start, start + n), desc=f"ablation {split}", disable=not progress):
-        scene = make_scene(split, index)
-        image, masks = render(scene, image_size)
+        scene = chosen.make_scene(split, index)
+        image, masks = chosen.render(scene, image_size)
         parse = pipeline.parse(scene.caption)
         matches = match_concepts(scene, parse.concepts)
         parsed, found = parsed + len(scene.phrases), found + len(matches)
@@ -116,8 +129,12 @@ def ablation(
                 concept_id = matches.get(phrase_index)
                 prediction = predicted[concept_id] if concept_id is not None else np.zeros_like(masks[0])
                 record.pairs.append((prediction, masks[phrase.shape_index]))
+                others = chosen.other_granularity(scene, phrase, image_size)
+                own = mask_iou(prediction, masks[phrase.shape_index])
+                record.wrong_granularity.append(any(mask_iou(prediction, other) > own for other in others))
+    ambiguous = records[AMBIGUITY_ROW].wrong_granularity if AMBIGUITY_ROW in records else []
     return {
-        "dataset": SHAPES_DATASET,
+        "dataset": world,
         "split": split,
         "n": n,
         "scenes": [start, start + n - 1],
@@ -126,7 +143,9 @@ def ablation(
         "phrases": parsed,
         "parse_recall": found / parsed if parsed else 0.0,
         "settings": _reported_settings(settings),
-        "rows": {name: _row(pipeline, variants[name], record) for name, record in records.items()},
+        "ambiguity_row": AMBIGUITY_ROW if ambiguous else None,
+        "ambiguous_phrases": int(sum(ambiguous)),
+        "rows": {name: _row(pipeline, variants[name], record, ambiguous) for name, record in records.items()},
     }
 
 
@@ -156,7 +175,8 @@ def _segmenter(pipeline, role: str):
     return pipeline.segmenter if role == PROMPTABLE else pipeline.get_segmenter(role)
 
 
-def _row(pipeline, variant: Variant, record: _Record) -> dict:
+def _row(pipeline, variant: Variant, record: _Record, ambiguous: list[bool]) -> dict:
+    subset = [mask_iou(p, t) for (p, t), chosen in zip(record.pairs, ambiguous, strict=False) if chosen]
     return {
         **dataclasses.asdict(variant),
         "segmenter": _segmenter(pipeline, variant.segmenter).label,
@@ -166,6 +186,8 @@ def _row(pipeline, variant: Variant, record: _Record) -> dict:
         "phrase_iou": float(np.mean([mask_iou(p, t) for p, t in record.pairs])),
         "ap50": grandf_ap50(record.images),
         "recall": grandf_recall(record.images, word_phrase_match),  # the world's phrases are its own templates
+        "ambiguous_phrase_iou": float(np.mean(subset)) if subset else None,
+        "wrong_granularity": float(np.mean(record.wrong_granularity)) if record.wrong_granularity else 0.0,
         "seconds_per_image": float(np.mean(record.seconds)),
     }
 

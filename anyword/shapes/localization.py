@@ -8,26 +8,36 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
+from anyword.shapes.scenes import SHAPES, SHAPES_DATASET, true_concepts
+from anyword.shapes.worlds import get_world
 
 # Where the control word goes: appended (what ``anyword shapes localization`` measures), first, or after the
 # caption's first word (ungrammatical on purpose: a place training captions never put a word).
 CONTROL_PLACES = {"end": "{caption} {control}", "start": "{control}. {caption}", "second": "{first} {control} {rest}"}
 
 
-def with_control(scene: Scene, place: str = "end") -> tuple[str, tuple, str]:
+def with_control(scene, place: str = "end", absent: list[str] | None = None) -> tuple[str, tuple, str]:
     """``(caption, concepts, control)``: the caption with a control word (a training noun the scene does not name,
     picked by the scene index) at ``place`` (a key of :data:`CONTROL_PLACES`) and the ground-truth concepts, one
     per phrase plus the control."""
-    absent = [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
+    absent = absent if absent is not None else [s for s in SHAPES if all(p.noun != s for p in scene.phrases)]
     control = absent[scene.index % len(absent)]
     first, _, rest = scene.caption.partition(" ")
     caption = CONTROL_PLACES[place].format(caption=scene.caption, control=control, first=first, rest=rest)
     return caption, true_concepts(scene, caption, (control,)), control
 
 
-def localization(backbone, settings, split: str = "seen", n: int = 100, start: int = 0, progress: bool = True) -> dict:
-    """Pointing on multi-object scenes (2-4 shapes) of ``split`` with ``backbone`` and diffusion ``settings``
+def localization(
+    backbone,
+    settings,
+    split: str = "seen",
+    n: int = 100,
+    start: int = 0,
+    progress: bool = True,
+    world: str = SHAPES_DATASET,
+) -> dict:
+    """Pointing on scenes of ``world``'s ``split`` (world 1: multi-object scenes, 2-4 shapes; world 2: every
+    scene, its wholes and parts) with ``backbone`` and diffusion ``settings``
     (:class:`~anyword.diffusion.DiffusionSettings`, made by the settings layer; learning steps 0 here):
 
     * noun / colour pointing: share of shapes whose noun's (colour word's) map has its maximum inside the shape;
@@ -39,15 +49,18 @@ def localization(backbone, settings, split: str = "seen", n: int = 100, start: i
     from anyword.tokens import align_tokens
 
     settings = with_attention_grids(settings, backbone)
+    chosen = get_world(world)
+    extra = {"min_shapes": 2, "max_shapes": 4} if world == SHAPES_DATASET else {}
     hits = {"noun": [], "colour": [], "control": [], "chance": []}
     for index in tqdm(range(start, start + n), desc="localization", disable=not progress):
-        scene = make_scene(split, index, min_shapes=2, max_shapes=4)
-        image, masks = render(scene, backbone.resolution)
-        caption, concepts, control = with_control(scene)
+        scene = chosen.make_scene(split, index, **extra)
+        image, masks = chosen.render(scene, backbone.resolution)
+        caption, concepts, control = with_control(scene, absent=chosen.absent_nouns(scene))
         alignment = align_tokens(caption, concepts, backbone.tokenizer, backbone.text_length)
         maps = extract_attention(backbone, image, alignment, settings).maps
         record_pointing(hits, maps, scene, masks, concepts, control)
     return {
+        "world": world,
         "split": split,
         "n_scenes": n,
         "n_shapes": len(hits["noun"]),
@@ -60,17 +73,18 @@ def localization(backbone, settings, split: str = "seen", n: int = 100, start: i
     }
 
 
-def record_pointing(hits: dict[str, list], maps, scene: Scene, masks, concepts, control: str) -> None:
-    """Append, per shape of ``scene``, whether its noun's, its colour word's and the control word's maps peak inside
-    it (``hits["noun"|"colour"|"control"]``) and its area fraction (``hits["chance"]``)."""
+def record_pointing(hits: dict[str, list], maps, scene, masks, concepts, control: str) -> None:
+    """Append, per phrase of ``scene``, whether its noun's, its colour word's (phrases with one) and the control
+    word's maps peak inside its mask (``hits["noun"|"colour"|"control"]``) and its area fraction
+    (``hits["chance"]``)."""
     by_phrase = {c.phrase: c for c in concepts}
     control_map = maps.concept_map(by_phrase[control].id)
     for phrase in scene.phrases:
         mask = masks[phrase.shape_index]
         concept = by_phrase[phrase.text]
         hits["noun"].append(_argmax_inside(maps.concept_map(concept.id), mask))
-        colour = phrase.adjectives[-1]  # scenes put the colour right before the noun
-        hits["colour"].append(_argmax_inside(maps.adjective_map(concept.id, colour), mask))
+        if phrase.adjectives:  # scenes put the colour right before the noun
+            hits["colour"].append(_argmax_inside(maps.adjective_map(concept.id, phrase.adjectives[-1]), mask))
         hits["control"].append(_argmax_inside(control_map, mask))
         hits["chance"].append(float(mask.mean()))
 

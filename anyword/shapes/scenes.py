@@ -41,7 +41,7 @@ BACKGROUNDS = [(28, 28, 30), (72, 72, 75), (200, 200, 198), (232, 226, 214), (92
 # Radius ranges in image widths per size word ("none": the caption gives no size); the shipped model was trained
 # on these (docs/benchmarks.md).
 RADII = {"small": (0.09, 0.12), "none": (0.11, 0.17), "big": (0.15, 0.2)}
-_RELATIONS = {"above": "is above", "below": "is below", "left": "is to the left of", "right": "is to the right of"}
+RELATIONS = {"above": "is above", "below": "is below", "left": "is to the left of", "right": "is to the right of"}
 
 
 @dataclass(frozen=True)
@@ -151,28 +151,28 @@ def _words_for(shape: Shape, split: str, rng: np.random.Generator) -> tuple[tupl
     return adjectives, noun
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
 def _caption(shapes: list[Shape], words: list, style: str, rng: np.random.Generator) -> tuple[str, list[Phrase]]:
     phrases = [Phrase(" ".join((*adjectives, noun)), noun, adjectives, i) for i, (adjectives, noun) in enumerate(words)]
-    named = [f"{_article(p.text)} {p.text}" for p in phrases]
+    named = [f"{article(p.text)} {p.text}" for p in phrases]
     if style == "list":
         text = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
         return text, phrases
     if style == "relation":
         sentences = []
         for a, b in itertools.pairwise(range(len(shapes))):
-            relation = _relation(shapes[a], shapes[b])
+            relation = relation_between(shapes[a], shapes[b])
             subject = named[a] if a == 0 else f"the {phrases[a].text}"
-            sentences.append(f"{subject[0].upper()}{subject[1:]} {_RELATIONS[relation]} {named[b]}.")
+            sentences.append(f"{subject[0].upper()}{subject[1:]} {RELATIONS[relation]} {named[b]}.")
         return " ".join(sentences), phrases
     # GranDf-like description: one sentence per shape with its place in the picture.
     openers = ["The image shows", "There is", "We can see"]
     sentences = []
     for i, shape in enumerate(shapes):
-        place = _place(shape)
+        place = place_words(shape)
         if i == 0:
             sentences.append(f"{rng.choice(openers)} {named[i]} {place}.")
         else:
@@ -181,14 +181,22 @@ def _caption(shapes: list[Shape], words: list, style: str, rng: np.random.Genera
     return " ".join(sentences), phrases
 
 
-def _relation(a: Shape, b: Shape) -> str:
+def caption_from_words(shapes, words: list, style: str, rng: np.random.Generator) -> tuple[str, list[Phrase]]:
+    """A caption of ``shapes`` in ``style`` ("list", "relation", "description") naming shape ``i`` with
+    ``words[i]`` (``(adjectives, noun)``), and its phrases in shape order."""
+    return _caption(list(shapes), words, style, rng)
+
+
+def relation_between(a, b) -> str:
+    """ "above", "below", "left" or "right": where ``a`` is from ``b`` (anything with ``cx``, ``cy``)."""
     dx, dy = a.cx - b.cx, a.cy - b.cy
     if abs(dy) >= abs(dx):
         return "above" if dy < 0 else "below"
     return "left" if dx < 0 else "right"
 
 
-def _place(shape: Shape) -> str:
+def place_words(shape) -> str:
+    """Where ``shape`` (anything with ``cx``, ``cy``) is in the picture, in words."""
     horizontal = "on the left" if shape.cx < 0.38 else "on the right" if shape.cx > 0.62 else ""
     vertical = "at the top" if shape.cy < 0.38 else "at the bottom" if shape.cy > 0.62 else ""
     return horizontal or vertical or "in the middle"
@@ -242,24 +250,31 @@ def _visible_masks(shapes, size: int) -> list[np.ndarray]:
     return visible
 
 
+def paint_background(split: str, index: int, background, texture: str, size: int, factor: int) -> np.ndarray:
+    """A scene's background at ``size * factor`` pixels, ``(S, S, 3)`` uint8: plain, noise, stripes or checker
+    (the pattern drawn from the scene's own stream, so it is a pure function of ``(split, index)``)."""
+    big = size * factor
+    rng = np.random.default_rng([_SPLIT_SEED[split], index, 99])
+    canvas = np.empty((big, big, 3), dtype=np.float32)
+    canvas[:] = background
+    if texture == "noise":
+        canvas += np.repeat(np.repeat(rng.normal(0, 14, (size, size, 1)), factor, 0), factor, 1)
+    elif texture == "stripes":
+        period = big // int(rng.integers(4, 9))
+        canvas[(np.arange(big) // max(period // 2, 1)) % 2 == 1] += 22 if np.mean(background) < 128 else -22
+    elif texture == "checker":
+        cell = big // int(rng.integers(3, 7))
+        yy, xx = np.mgrid[0:big, 0:big] // max(cell, 1)
+        canvas[(yy + xx) % 2 == 1] += 18 if np.mean(background) < 128 else -18
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
 def render(scene: Scene, size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
     """The scene as ``(size, size, 3)`` uint8 RGB (anti-aliased) and one bool ``(size, size)`` visible mask per
     shape, in the order of ``scene.shapes``."""
     factor = 4
     big = size * factor
-    rng = np.random.default_rng([_SPLIT_SEED[scene.split], scene.index, 99])
-    canvas = np.empty((big, big, 3), dtype=np.float32)
-    canvas[:] = scene.background
-    if scene.texture == "noise":
-        canvas += np.repeat(np.repeat(rng.normal(0, 14, (size, size, 1)), factor, 0), factor, 1)
-    elif scene.texture == "stripes":
-        period = big // int(rng.integers(4, 9))
-        canvas[(np.arange(big) // max(period // 2, 1)) % 2 == 1] += 22 if np.mean(scene.background) < 128 else -22
-    elif scene.texture == "checker":
-        cell = big // int(rng.integers(3, 7))
-        yy, xx = np.mgrid[0:big, 0:big] // max(cell, 1)
-        canvas[(yy + xx) % 2 == 1] += 18 if np.mean(scene.background) < 128 else -18
-    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
+    canvas = paint_background(scene.split, scene.index, scene.background, scene.texture, size, factor)
     for shape in scene.shapes:
         _draw(canvas, shape, big, COLOURS[shape.colour])
     image = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)

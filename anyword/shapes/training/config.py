@@ -18,6 +18,8 @@ class TrainConfig:
     """A training run of the shapes model; the defaults are the shipped recipe (docs/benchmarks.md lists the runs
     that led to it).
 
+    World: ``world`` (a key of :data:`anyword.shapes.worlds.WORLDS`); ``init``: a model folder to start from (its
+    ``unet.safetensors`` and ``text_encoder.safetensors``) instead of a seeded random init.
     Optimisation: ``steps`` of ``batch_size`` scenes, AdamW (``learning_rate``, ``weight_decay``), ``warmup`` linear
     steps then a cosine to a tenth. Data: ``same_colour`` share of one-colour scenes; ``absent_words`` share of
     captions that also name a shape the scene lacks. Initialisation: ``qk_gain`` scales the cross-attention
@@ -31,6 +33,8 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 32
+    world: str = "shapes"
+    init: str | None = None
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
@@ -62,6 +66,12 @@ class TrainConfig:
             problems.append("grounding_weight and pixel_weight must be >= 0")
         if not 0 < self.grounding_max_t <= 1000:
             problems.append(f"grounding_max_t is a timestep in 1..1000, got {self.grounding_max_t}")
+        from anyword.shapes.worlds import WORLDS
+
+        if self.world not in WORLDS:
+            problems.append(f"unknown world {self.world!r}: choose one of {', '.join(WORLDS)}")
+        elif self.same_colour and self.world != "shapes":
+            problems.append("same_colour is world 1's option (shapes)")
         if problems:
             raise SettingsError("; ".join(problems))
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anyword.shapes.scenes import SHAPES, Scene, make_scene, render, true_concepts
+from anyword.shapes.scenes import SHAPES_DATASET, true_concepts
+from anyword.shapes.worlds import get_world
 from anyword.tokens import align_tokens
 
 # Caption words that name a shape, per scene, that the grounding loss can supervise (4 shapes x 2 mentions x 3
@@ -18,9 +19,10 @@ SIDE = 64  # the model's input size (pixels)
 
 
 def batch(
-    step: int, size: int, tokenizer, same_colour: float = 0.0, absent_words: float = 0.0
+    step: int, size: int, tokenizer, same_colour: float = 0.0, absent_words: float = 0.0, world: str = SHAPES_DATASET
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training scenes ``step*B ... +B-1``: images ``(B, 3, 64, 64)`` in [-1, 1], caption ids ``(B, 77)`` and the
+    """Training scenes ``step*B ... +B-1`` of ``world`` (a key of :data:`~anyword.shapes.worlds.WORLDS`): images
+    ``(B, 3, 64, 64)`` in [-1, 1], caption ids ``(B, 77)`` and the
     grounding targets of :func:`grounding_targets` (positions ``(B, K)``, masks ``(B, K, 64, 64)``, absent
     ``(B, K)``).
 
@@ -28,16 +30,18 @@ def batch(
     :data:`ABSENT_FORMS` appended, drawn from the scene's own stream): real captions name things the image does not
     show, and the grounding targets send such a word's attention to the background.
     """
-    scenes = [make_scene("train", step * size + i, same_colour=same_colour) for i in range(size)]
+    chosen = get_world(world)
+    extra = {"same_colour": same_colour} if same_colour else {}  # world 1's option; 0 draws the default scenes
+    scenes = [chosen.make_scene("train", i, **extra) for i in range(step * size, step * size + size)]
     captions, absent = [], []
     for scene in scenes:
         draw = np.random.default_rng([scene.index, 91])
-        missing = [kind for kind in SHAPES if all(shape.kind != kind for shape in scene.shapes)]
+        missing = chosen.absent_nouns(scene)
         noun = str(draw.choice(missing)) if draw.random() < absent_words else None
         form = ABSENT_FORMS[int(draw.integers(len(ABSENT_FORMS)))]
         captions.append(f"{scene.caption} {form.format(noun=noun)}" if noun else scene.caption)
         absent.append(noun)
-    rendered = [render(scene, SIDE) for scene in scenes]
+    rendered = [chosen.render(scene, SIDE) for scene in scenes]
     pixels = torch.from_numpy(np.stack([image for image, _ in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")["input_ids"]
     return pixels, ids, *grounding_targets(captions, scenes, [m for _, m in rendered], absent, tokenizer)
@@ -45,7 +49,7 @@ def batch(
 
 def grounding_targets(
     captions: list[str],
-    scenes: list[Scene],
+    scenes: list,
     shape_masks: list[list[np.ndarray]],
     absent: list[str | None],
     tokenizer,
@@ -75,11 +79,20 @@ def grounding_targets(
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """Training batches ``first .. last-1`` (each a pure function of its step), for DataLoader workers."""
+    """Training batches ``first .. last-1`` of ``world`` (each a pure function of its step), for DataLoader
+    workers."""
 
-    def __init__(self, first: int, last: int, size: int, same_colour: float = 0.0, absent_words: float = 0.0):
+    def __init__(
+        self,
+        first: int,
+        last: int,
+        size: int,
+        same_colour: float = 0.0,
+        absent_words: float = 0.0,
+        world: str = SHAPES_DATASET,
+    ):
         self.first, self.last, self.size = first, last, size
-        self.same_colour, self.absent_words = same_colour, absent_words
+        self.same_colour, self.absent_words, self.world = same_colour, absent_words, world
         self.tokenizer = None
 
     def __iter__(self):
@@ -89,4 +102,4 @@ class Batches(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         self.tokenizer = self.tokenizer or load_tokenizer()
         for step in range(self.first + worker, self.last, workers):
-            yield step, *batch(step, self.size, self.tokenizer, self.same_colour, self.absent_words)
+            yield step, *batch(step, self.size, self.tokenizer, self.same_colour, self.absent_words, self.world)

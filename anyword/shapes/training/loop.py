@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 
 from anyword.diffusion.attention import record_cross_attention
-from anyword.diffusion.shapes_model import SCHEDULER_CONFIG, TEXT_CONFIG, UNET_CONFIG, build_models, make_scheduler
+from anyword.diffusion.shapes_model import (
+    SCHEDULER_CONFIG,
+    TEXT_CONFIG,
+    UNET_CONFIG,
+    build_models,
+    load_weights,
+    make_scheduler,
+)
 from anyword.shapes.training.config import TrainConfig
 from anyword.shapes.training.data import Batches
 from anyword.shapes.training.losses import AttentionCollector, grounding_loss, text_gain, v_loss
@@ -59,7 +66,10 @@ class _Run:
 
         tokenizer = load_tokenizer()
         unet, text_encoder = build_models(config.seed)
-        sharpen_cross_attention(unet, text_encoder, config.qk_gain, config.text_norm_gain)
+        if config.init:
+            load_weights(unet, text_encoder, Path(config.init))
+        else:
+            sharpen_cross_attention(unet, text_encoder, config.qk_gain, config.text_norm_gain)
         if config.device == "cpu":
             unet.set_attn_processor(AttnProcessor())  # plain matmul beats SDPA for these tiny heads on CPU
         unet.to(config.device)
@@ -107,7 +117,13 @@ class _Run:
     def text_gain(self) -> dict:
         config = self.config
         return text_gain(
-            self.unet, self.text_encoder, self.scheduler, self.tokenizer, config.autocast, config.gain_scenes
+            self.unet,
+            self.text_encoder,
+            self.scheduler,
+            self.tokenizer,
+            config.autocast,
+            config.gain_scenes,
+            config.world,
         )
 
 
@@ -141,7 +157,7 @@ def train(out: Path, config: TrainConfig = TrainConfig()) -> dict:
 def _loop(run: _Run, collector: AttentionCollector, log, checkpoint: Path) -> None:
     config = run.config
     loader = torch.utils.data.DataLoader(
-        Batches(run.step, config.steps, config.batch_size, config.same_colour, config.absent_words),
+        Batches(run.step, config.steps, config.batch_size, config.same_colour, config.absent_words, config.world),
         batch_size=None,
         num_workers=config.workers,
         prefetch_factor=4 if config.workers else None,

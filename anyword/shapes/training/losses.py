@@ -84,10 +84,12 @@ def grounding_loss(
 
 
 @torch.no_grad()
-def text_gain(unet, text_encoder, scheduler, tokenizer, autocast: bool, scenes: int = 64) -> dict:
+def text_gain(
+    unet, text_encoder, scheduler, tokenizer, autocast: bool, scenes: int = 64, world: str = "shapes"
+) -> dict:
     """Loss on fixed held-in scenes with the right, shuffled and empty captions (same noise): if the text helps,
     right < shuffled < empty."""
-    pixels, ids, *_ = batch(10**6, scenes, tokenizer)
+    pixels, ids, *_ = batch(10**6, scenes, tokenizer, world=world)
     empty = tokenizer([""] * ids.shape[0], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
     result = {}
     for name, captions in (("right", ids), ("shuffled", ids.roll(1, dims=0)), ("empty", empty)):
