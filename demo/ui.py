@@ -246,7 +246,13 @@ def _wire_points(events: _Events, hub: ModelHub, store: ExportStore, gpu: dict) 
         function, outputs = events.handler(handler, POINT_PARTS)
         button.click(function, [session], outputs, api_name=name, show_progress="hidden")
     segment_function, segment_outputs = events.handler(lambda s: h.segment(hub, s), ("annotated",))
-    export_function, export_outputs = events.handler(lambda s: h.export(s, store), ("download", "result_json"))
+
+    def export_after_segment(session_value):
+        if session_value.result is None:  # Segment was refused and its notice says why: leave that on screen
+            return session_value, {}
+        return h.export(session_value, store)
+
+    export_function, export_outputs = events.handler(export_after_segment, ("download", "result_json"))
     page.segment_button.click(
         gpu_task(segment_function, 60), [session], segment_outputs, api_name="segment", **gpu
     ).then(export_function, [session], export_outputs, api_name="export", show_progress="hidden")

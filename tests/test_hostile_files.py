@@ -21,7 +21,7 @@ from anyword.adapters import find_adapters, read_adapter
 from anyword.diffusion.adaptation import AdapterError
 from anyword.errors import AnywordError, SettingsError
 from anyword.evaluation import DatasetOptions, make_task, open_dataset, run_evaluation
-from anyword.presets import get_preset
+from anyword.presets import PRESETS, get_preset
 from anyword.rle import encode
 from tests.conftest import ASSETS
 from tests.eval_fixtures import HEIGHT, WIDTH, write_grandf, write_grefcoco, write_pc59
@@ -279,7 +279,8 @@ def test_the_demo_starts_beside_a_bad_adapter_folder(tmp_path, monkeypatch):
     bad = adapter_copy(tmp_path / "adapters", "bad")
     (bad / "anyword_adapter.json").write_text("[]")
     monkeypatch.setenv("ANYWORD_ADAPTERS", str(tmp_path / "adapters"))
-    assert [a.path for a in demo_adapters()] == [SHIPPED]  # the shipped one, and the server goes on
+    shipped = [p.shipped_adapter_path() for p in PRESETS.values() if p.shipped_adapter_path() is not None]
+    assert SHIPPED in shipped and [a.path for a in demo_adapters()] == shipped  # the shipped ones; the server goes on
 
 
 def test_the_cli_names_the_file_and_the_field(run_cli, tmp_path):
