@@ -160,13 +160,18 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         "--pixel-weight": ("pixel_weight", non_negative_float, "weight of the pixel-grounding loss (0: off)"),
         "--grounding-max-t": ("grounding_max_t", timestep, "supervise attention only below this timestep"),
     }
-    for flag, (field, kind, help_text) in numbers.items():
-        value = getattr(default, field)
-        parser.add_argument(flag, dest=field, type=kind, default=value, help=f"{help_text} (default {value})")
+    _config_options(parser, default, numbers)
     parser.add_argument("--no-autocast", dest="autocast", action="store_false", help="fp32 instead of bf16 autocast")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     for old, new in (("--steps", "--train-steps"), ("--lr", "--train-learning-rate")):
         add_renamed_option(parser, old, new, " (--steps and --learning-rate are prompt learning's)")
+
+
+def _config_options(parser: argparse.ArgumentParser, default, numbers: dict) -> None:
+    """One option per ``flag: (config field, type, help)``, defaulting to ``default``'s value (shown in the help)."""
+    for flag, (field, kind, help_text) in numbers.items():
+        value = getattr(default, field)
+        parser.add_argument(flag, dest=field, type=kind, default=value, help=f"{help_text} (default {value})")
 
 
 def _train_sam_options(parser: argparse.ArgumentParser) -> None:
@@ -184,9 +189,7 @@ def _train_sam_options(parser: argparse.ArgumentParser) -> None:
         "--threads": ("threads", positive_int, "torch CPU threads"),
         "--max-seconds": ("max_seconds", positive_float, "stop early (and save) after this long"),
     }
-    for flag, (field, kind, help_text) in numbers.items():
-        value = getattr(default, field)
-        parser.add_argument(flag, dest=field, type=kind, default=value, help=f"{help_text} (default {value})")
+    _config_options(parser, default, numbers)
 
 
 def run_train_sam(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from anyword.segment.sam import SHAPES_SAM_ARCHITECTURE, build_sam
 from anyword.shapes.parts import all_regions, make_parts_scene, region_masks, render_parts
+from anyword.shapes.training.config import check_resumable, warmup_cosine
 
 CHECKPOINT, LOG, INFO, WEIGHTS = "checkpoint.pt", "train_log.jsonl", "sam.json", "sam.safetensors"
 # Fields a resumed run may change (how it runs, not what it learns).
@@ -164,21 +164,13 @@ class _Run:
         self.step, self.elapsed = 0, 0.0
 
     def _lr_factor(self, step: int) -> float:
-        config = self.config
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.config.warmup, self.config.steps)
 
     def resume(self, path: Path) -> None:
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=True)
-        identity = self.config.identity()
-        changed = {k: (v, identity.get(k)) for k, v in state["settings"].items() if identity.get(k) != v}
-        if changed:
-            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-            raise ValueError(f"{path} was written with other settings ({listed}); resume with the same ones")
+        check_resumable(path, state["settings"], self.config.identity())
         self.sam.load_state_dict(state["sam"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from anyword.errors import SettingsError
@@ -82,3 +83,20 @@ class TrainConfig:
     def identity(self) -> dict:
         """What a checkpoint records and a resumed run must match."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_CHANGES}
+
+
+def check_resumable(checkpoint, saved: dict, identity: dict) -> None:
+    """``ValueError`` naming every setting a checkpoint was ``saved`` with that differs from this run's
+    ``identity`` (what a training run must share with the run it resumes)."""
+    changed = {k: (v, identity.get(k)) for k, v in saved.items() if identity.get(k) != v}
+    if changed:
+        listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        raise ValueError(f"{checkpoint} was written with other settings ({listed}); resume with the same ones")
+
+
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then a cosine from 1 to 0.1 until ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import platform
 import sys
 import time
@@ -24,7 +23,7 @@ from anyword.diffusion.shapes_model import (
     load_weights,
     make_scheduler,
 )
-from anyword.shapes.training.config import TrainConfig
+from anyword.shapes.training.config import TrainConfig, check_resumable, warmup_cosine
 from anyword.shapes.training.data import Batches
 from anyword.shapes.training.losses import AttentionCollector, grounding_loss, text_gain, v_loss
 
@@ -85,11 +84,7 @@ class _Run:
         if not checkpoint.is_file():
             return
         state = torch.load(checkpoint, map_location=self.config.device, weights_only=True)
-        identity = self.config.identity()
-        changed = {k: (v, identity[k]) for k, v in state.get("settings", {}).items() if identity.get(k) != v}
-        if changed:
-            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-            raise ValueError(f"{checkpoint} was written with other settings ({listed}); resume with the same ones")
+        check_resumable(checkpoint, state.get("settings", {}), self.config.identity())
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -128,11 +123,7 @@ class _Run:
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then a cosine from 1 to 0.1 over the remaining steps."""
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return warmup_cosine(step, config.warmup, config.steps)
 
 
 def train(out: Path, config: TrainConfig = TrainConfig()) -> dict:
