@@ -351,3 +351,116 @@ def _time_speed(bench: _Bench, backbone) -> tuple[float, dict, tuple]:
         "denoise_recorded_s_per_step": denoise_s / steps,
     }
     return warmup_s, row, (learned.vectors.float().cpu(), grids)
+
+
+def run_first_result_benchmark(
+    preset: str = TEST_PRESET,
+    image: np.ndarray | None = None,
+    caption: str = BENCH_CAPTION,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """A visitor's first result (parse + attention + masks, models loaded, server warmed up) on three paths in one
+    process: the baseline (the preset's ``reference`` settings on the eager path: what it ran before its settings
+    were chosen for speed), the preset's settings on the eager path, and the preset's own path (its settings and
+    speed). Reports each path's seconds per stage, the speed-up over the baseline, the warm-up a server pays at
+    start (:meth:`~anyword.pipeline.SegmentAnyword.warm_up`, model loading included), and parity: the preset's
+    path against the eager path at the same settings (points, masks, maps). ``image``: ``(H, W, 3)`` uint8
+    (default: a seeded random 451x300 image)."""
+    from anyword.pipeline import SegmentAnyword
+    from anyword.settings import Overrides
+
+    chosen = get_preset(preset)
+    if image is None:
+        image = (np.random.default_rng(seed).random((300, 451, 3)) * 255).astype(np.uint8)
+    paths = {
+        "baseline": (chosen.settings(chosen.reference or Overrides()), "eager"),
+        "preset_eager": (chosen.settings(), "eager"),
+        "preset": (chosen.settings(), chosen.speed),
+    }
+    rows, results = {}, {}
+    for name, (settings, speed) in paths.items():
+        pipeline = SegmentAnyword(chosen, settings=settings, speed=speed, device=device, dtype=dtype)
+        warm_up_s = pipeline.warm_up()
+        started = time.perf_counter()
+        results[name] = pipeline.run(image, caption)
+        rows[name] = {
+            "speed": pipeline.speed.name,
+            "learning": f"{settings.diffusion.learning.steps} x {settings.diffusion.learning.batch_size}",
+            "inversion_steps": settings.diffusion.inversion_steps,
+            "warm_up_s": warm_up_s,
+            "first_result_s": time.perf_counter() - started,
+            "stages_s": {key: round(value, 4) for key, value in results[name].timings.items()},
+            "unet_calls": results[name].attention.unet_calls,
+        }
+    return {
+        "first_result_preset": preset,
+        "first_result_caption": caption,
+        "first_result_image": f"{image.shape[1]}x{image.shape[0]}",
+        "first_result": rows,
+        "first_result_speedup": rows["baseline"]["first_result_s"] / rows["preset"]["first_result_s"],
+        "first_result_parity": result_parity(results["preset_eager"], results["preset"]),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def result_parity(expected, actual) -> dict:
+    """How far ``actual`` (a :class:`~anyword.pipeline.SegmentationResult`) is from ``expected`` (the same
+    settings on another path): whether points and masks are identical, the masks' lowest IoU, the token maps'
+    largest absolute and relative difference."""
+    from anyword.metrics import mask_iou
+
+    maps_a, maps_b = expected.attention.maps.token_grids, actual.attention.maps.token_grids
+    largest = float(np.abs(maps_a - maps_b).max())
+    pairs = [(expected.masks[k], actual.masks.get(k)) for k in expected.masks]
+    same_keys = expected.masks.keys() == actual.masks.keys()
+    return {
+        "points_identical": expected.prompts == actual.prompts,
+        "masks_identical": same_keys and all(np.array_equal(a, b) for a, b in pairs),
+        "masks_lowest_iou": min((mask_iou(a, b) for a, b in pairs), default=1.0) if same_keys else 0.0,
+        "maps_max_abs_diff": largest,
+        "maps_max_rel_diff": largest / max(float(np.abs(maps_a).max()), 1e-30),
+    }
+
+
+def run_rate_benchmark(preset: str = TEST_PRESET, device=None, dtype=None, seed: int = 0, repeats: int = 5) -> dict:
+    """How close the preset's UNet runs to the machine: GFLOP/s achieved by a prompt-learning step (the preset's
+    batch, forward + backward) and by an inversion step (batch 1, forward), each FLOP-counted with
+    ``torch.utils.flop_counter`` (matmuls and convolutions; softmax and elementwise work count nothing), against a
+    1024x1024 matmul in the backbone's dtype on the same device (median of ``repeats``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from anyword.diffusion import make_schedule
+
+    bench = _Bench.prepare(preset, Overrides(learning_steps=1, seed=seed), device, dtype, seed)
+    backbone, predict = bench.backbone, bench.predictor()
+    timestep = make_schedule(backbone.scheduler, 50).timesteps[10]
+
+    def invert_step():
+        with torch.no_grad():
+            predict(bench.latents, timestep)
+
+    def learning_step():
+        bench.learn(steps=1)
+
+    rates = {}
+    for name, function in (("learning_step", learning_step), ("inversion_step", invert_step)):
+        function()  # warm-up
+        with FlopCounterMode(display=False) as counter:
+            function()
+        seconds = statistics.median(bench.timed(function)[0] for _ in range(repeats))
+        rates[name] = {"gflop": counter.get_total_flops() / 1e9, "s": seconds}
+        rates[name]["gflop_per_s"] = rates[name]["gflop"] / seconds
+    side = 1024
+    a = torch.randn(side, side, device=backbone.device, dtype=backbone.dtype)
+    a @ a  # warm-up
+    matmul_s = statistics.median(bench.timed(lambda: a @ a)[0] for _ in range(repeats))
+    matmul_rate = 2 * side**3 / matmul_s / 1e9
+    return {
+        "rates": rates,
+        "matmul_gflop_per_s": matmul_rate,
+        "learning_step_fraction_of_matmul": rates["learning_step"]["gflop_per_s"] / matmul_rate,
+        "inversion_step_fraction_of_matmul": rates["inversion_step"]["gflop_per_s"] / matmul_rate,
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -25,7 +25,7 @@ import numpy as np
 from anyword.adapters import Adapter, apply_adapter, resolve_adapter
 from anyword.diffusion import AttentionResult, Backbone, DiffusionSettings, LearnedEmbeddings, extract_attention
 from anyword.diffusion.extract import learned_embeddings_key
-from anyword.diffusion.speed import EAGER, SPEEDS, SpeedName, SpeedSettings
+from anyword.diffusion.speed import SPEEDS, SpeedName, SpeedSettings
 from anyword.images import image_digest, load_image
 from anyword.parsing import CaptionParser, ParseResult, ParseSettings, make_parser
 from anyword.presets import DEFAULT_PRESET, Preset, get_preset
@@ -197,7 +197,8 @@ class SegmentAnyword:
         adapter: a text-encoder adapter folder (``anyword adapt``), "shipped" for the preset's own, an
             :class:`~anyword.adapters.Adapter`, or ``None``; merged into the text encoder at load (Segment
             Anyword_f with the "fast" quality; :func:`~anyword.adapters.choose_adapter` picks one for it).
-        speed: "eager", "compiled" (compiled prompt learning: :mod:`anyword.diffusion.speed`) or its settings.
+        speed: a name of :data:`~anyword.diffusion.speed.SPEEDS` ("eager", "batched", "compiled") or its
+            settings; ``None``: the preset's.
     """
 
     def __init__(
@@ -217,7 +218,7 @@ class SegmentAnyword:
         progress: bool = False,
         embeddings_dir: str | Path | None = None,
         adapter: str | Path | Adapter | None = None,
-        speed: SpeedSettings | SpeedName = EAGER,
+        speed: SpeedSettings | SpeedName | None = None,
     ):
         self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
         if model is not None:
@@ -225,6 +226,7 @@ class SegmentAnyword:
         self._backbone = backbone
         self.adapter = resolve_adapter(self.preset, adapter)  # checked now: a wrong folder fails before any load
         self._device, self._dtype = device, dtype
+        speed = speed or self.preset.speed
         self.speed = SPEEDS[speed] if isinstance(speed, str) else speed
         self._segmenters: dict[str, Segmenter] = {}
         if segmenter is None or isinstance(segmenter, str):

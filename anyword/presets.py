@@ -24,6 +24,7 @@ from anyword.settings import Overrides, Quality
 
 if TYPE_CHECKING:
     from anyword.diffusion import Backbone
+    from anyword.diffusion.speed import SpeedName
     from anyword.settings import PipelineSettings
 
 ExampleSet = Literal["photos", "shapes", "parts"]  # which demo examples suit a preset
@@ -93,6 +94,9 @@ class Preset:
             shipped``), or ``None``.
         published: where its published diffusion weights live and how they are fetched (``anyword download``)
             and stood in for; ``None`` for presets that build or ship their own.
+        speed: how its UNet runs unless asked otherwise (a name of :data:`anyword.diffusion.speed.SPEEDS`).
+        reference: the settings its own were measured against when they were chosen for speed (its earlier
+            defaults): ``anyword bench`` times a first result with them on the eager path as the baseline.
     """
 
     name: str
@@ -113,6 +117,8 @@ class Preset:
     gpu_reservation: GpuReservation = GpuReservation()
     weights_family: str | None = None
     published: PublishedBackbone | None = None
+    speed: SpeedName = "eager"
+    reference: Overrides | None = None
 
     def with_model(self, model: str) -> Preset:
         """This setup with other published weights of its family (a hub id or a local folder: ``--model``)."""
@@ -309,7 +315,7 @@ def _shapes_availability(world: str = SHAPES_PRESET) -> Availability:
 # The shapes models' settings, chosen on world 1's validation scenes only (never the test scenes 0-99;
 # docs/benchmarks.md): their cross-attention localises best at small t on the 16x16 and 32x32 grids; prompt learning
 # saturates after ~30 steps of batch 4 over all timesteps; adjective points that follow their noun's map help.
-_SHAPES_OVERRIDES = Overrides(
+_SHAPES_REFERENCE = Overrides(
     attention_resolutions=(16, 32),
     attention_timesteps=(0, 400),
     learning_steps=30,
@@ -317,6 +323,10 @@ _SHAPES_OVERRIDES = Overrides(
     inversion_steps=50,
     adjective_region="noun_support",
 )
+# World 1's first result in under 3 s on 2 CPU cores: 20 learning steps of batch 2 instead of 30 of 4 and 25 DDIM
+# steps instead of 50, chosen on validation scenes (`novel` 10000-10019, full method mIoU 0.654 against 0.635;
+# docs/performance.md).
+_SHAPES_OVERRIDES = _SHAPES_REFERENCE.then(Overrides(learning_steps=20, learning_batch=2, inversion_steps=25))
 # The paper's 1100 / 50 steps scaled to these models: the full setting is 30 steps, Segment Anyword_f's a tenth.
 _SHAPES_BUDGETS = {"paper": 30, "fast": 3}
 
@@ -364,6 +374,8 @@ PRESETS: dict[str, Preset] = {
             examples="shapes",
             budgets=_SHAPES_BUDGETS,
             shipped_adapter="shapes/adapter",
+            speed="batched",
+            reference=_SHAPES_REFERENCE,
         ),
         Preset(
             PARTS_PRESET,
@@ -373,11 +385,12 @@ PRESETS: dict[str, Preset] = {
             segmenter="sam",
             segmenter_model=SAM_SHAPES,
             segmenter_weights=PRETRAINED,
-            overrides=_SHAPES_OVERRIDES,
+            overrides=_SHAPES_REFERENCE,
             backbone_availability=lambda: _shapes_availability(PARTS_PRESET),
             examples="parts",
             budgets=_SHAPES_BUDGETS,
             shipped_adapter="parts/adapter",
+            speed="batched",
         ),
         _stand_in(
             TEST_PRESET,

@@ -140,7 +140,7 @@ def main(argv=None) -> None:
         visitor_llm_urls=args.allow_visitor_llm_url or not public,
         refuse_private_llm_urls=public,
         session_ttl_s=args.session_ttl,
-        speed="compiled" if args.compile else "eager",
+        speed="compiled" if args.compile else None,
         warm_up=args.warm_up,
     )
     demo = build_demo(config)

@@ -45,7 +45,7 @@ class ModelHub:
         dtype: str | None = None,
         segmenter_model: str | None = None,
         nlp=None,
-        speed: SpeedName = "eager",
+        speed: SpeedName | None = None,
     ):
         self.speed = speed
         self.device = device

@@ -38,8 +38,9 @@ class DemoConfig:
     """How the page is served. ``llm_base_url``: the operator's LLM endpoint (its key is ``OPENAI_API_KEY``);
     ``visitor_llm_urls``: visitors may type their own endpoint (with their own key); ``refuse_private_llm_urls``:
     such endpoints must resolve to public addresses (on for public servers); ``session_ttl_s``: an idle session's
-    state and download are deleted after this long; ``speed``: "eager" or "compiled" (compiled prompt learning);
-    ``warm_up``: run one short analysis before serving (pays loading and the compile once)."""
+    state and download are deleted after this long; ``speed``: a name of ``anyword.diffusion.speed.SPEEDS``
+    (None: each preset's own); ``warm_up``: run one short analysis before serving (pays loading and the compile
+    once)."""
 
     preset: str = DEFAULT_PRESET
     device: str | None = None
@@ -51,7 +52,7 @@ class DemoConfig:
     visitor_llm_urls: bool = False
     refuse_private_llm_urls: bool = True
     session_ttl_s: float = 3600.0
-    speed: SpeedName = "eager"
+    speed: SpeedName | None = None
     warm_up: bool = False
     export_max_bytes: int = DEFAULT_MAX_BYTES
     parse_concurrency: int = 8

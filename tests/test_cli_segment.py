@@ -161,3 +161,17 @@ def test_missing_arguments(run_cli, tmp_path):
     assert done.returncode == 2 and "give an IMAGE and a CAPTION" in done.stderr
     done = run_cli("segment", tmp_path / "nope.png", "a dog", "--out", tmp_path, *QUICK_ARGS)
     assert done.returncode == 2 and "not found" in done.stderr
+
+
+def test_speed_and_learning_batch_options(run_cli, tmp_path):
+    done = run_cli("segment", ASSETS / "coffee.png", "a cup", "--out", tmp_path / "a", *QUICK_ARGS,
+                   "--speed", "batched", "--compile")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: --compile means --speed compiled; it cannot go with --speed batched"
+    )
+    done = run_cli("segment", ASSETS / "coffee.png", "a cup", "--out", tmp_path / "b", *QUICK_ARGS,
+                   "--speed", "batched", "--learning-batch", "3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert result["models"]["speed"] == "batched"
+    assert result["settings"]["diffusion"]["learning"]["batch_size"] == 3

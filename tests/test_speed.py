@@ -68,3 +68,141 @@ def test_speed_benchmark_reports_both_paths_side_by_side():
 def test_bad_compile_mode_is_refused():
     with pytest.raises(ValueError, match="compile_mode must be one of"):
         SpeedSettings(compile=True, compile_mode="fastest")
+
+
+# --- the batched path: recorded steps evaluated straight on the inversion trajectory ---------------------------
+
+
+def test_batched_recording_sees_the_same_unet_inputs_as_direct_denoising():
+    """Direct-inversion denoising evaluates the UNet at trajectory[i + 1] and t_i: the batched path hands exactly
+    those inputs over, a chunk at a time, and needs the trajectory only up to the highest recorded step."""
+    import torch
+
+    from anyword.diffusion.inversion import (
+        DDIMSchedule,
+        ddim_denoise,
+        ddim_invert,
+        predict_on_trajectory,
+        recorded_steps,
+    )
+
+    schedule = DDIMSchedule(timesteps=(1, 201, 401, 601, 801), alphas=torch.linspace(0.99, 0.1, 6))
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, 2, generator=generator) * 0.1
+
+    def model(latents, timestep):
+        return torch.einsum("ij,bjhw->bihw", weights, latents) + 1e-4 * torch.as_tensor(timestep).reshape(-1, 1, 1, 1)
+
+    latents = torch.randn(1, 2, 3, 5, generator=generator)
+    trajectory = ddim_invert(model, latents, schedule)
+    assert len(ddim_invert(model, latents, schedule, steps=3)) == 4  # z_0 .. z_t3
+    for got, want in zip(ddim_invert(model, latents, schedule, steps=3), trajectory, strict=False):
+        assert torch.equal(got, want)
+
+    steps = recorded_steps(schedule, (150, 650))
+    assert steps == [1, 2, 3]
+    stepwise, batched = [], []
+
+    def wanted(timestep):
+        return 150 <= timestep <= 650
+
+    def record(store):
+        return lambda z, t: store.extend(zip(z, torch.as_tensor(t).reshape(-1).tolist(), strict=True)) or model(z, t)
+
+    ddim_denoise(record(stepwise), trajectory, schedule, before_step=wanted)
+    predict_on_trajectory(record(batched), trajectory[: steps[-1] + 2], schedule, steps, batch=2)
+    assert [t for _, t in batched] == [t for _, t in reversed(stepwise)] == [201, 401, 601]
+    for (got, _), (want, _) in zip(batched, reversed(stepwise), strict=True):
+        torch.testing.assert_close(got, want[0] if want.ndim == 4 else want, rtol=1e-6, atol=1e-6)
+
+
+def test_one_call_with_a_batch_of_steps_records_what_separate_calls_do():
+    import torch
+
+    from anyword.diffusion.attention import CrossAttentionRecorder
+
+    generator = torch.Generator().manual_seed(1)
+    first, second = (torch.rand(2 * 3, 16, 5, generator=generator).softmax(-1) for _ in range(2))  # 3 heads
+    separate, batched = CrossAttentionRecorder((4,)), CrossAttentionRecorder((4,))
+    separate.add("layer", 4, first)
+    separate.add("layer", 4, second)
+    batched.add("layer", 4, torch.cat([first, second]))
+    np.testing.assert_allclose(batched.average(), separate.average(), rtol=1e-6)
+    assert separate.calls == {4: 2} and batched.calls == {4: 1}
+
+
+@pytest.mark.parametrize("timesteps", [None, (0, 400)])
+def test_batched_path_matches_eager_on_tiny(timesteps):
+    """Same points and masks, maps within float rounding; with a timestep range the inversion stops early."""
+    settings = Overrides(learning_steps=2, inversion_steps=6, attention_timesteps=timesteps)
+    image = (np.random.default_rng(4).random((36, 58, 3)) * 255).astype(np.uint8)  # non-square
+    runs = {}
+    for speed in ("eager", "batched"):
+        pipeline = SegmentAnyword("tiny", speed=speed, settings=None)
+        runs[speed] = pipeline.run(image, "a red ball next to a blue box", settings=pipeline.preset.settings(settings))
+        assert pipeline.models()["speed"] == speed
+    eager, batched = runs["eager"], runs["batched"]
+    assert eager.prompts == batched.prompts
+    assert all(np.array_equal(eager.masks[k], batched.masks[k]) for k in eager.masks)
+    np.testing.assert_allclose(batched.attention.maps.token_grids, eager.attention.maps.token_grids, rtol=1e-4,
+                               atol=1e-7)  # fmt: skip
+    assert batched.attention.recorded_layers == eager.attention.recorded_layers
+    recorded = 6 if timesteps is None else 3  # 6 DDIM steps: t = 1, 167, 334 are <= 400
+    assert eager.attention.unet_calls == 2 + 6 + recorded
+    assert batched.attention.unet_calls == 2 + (6 if timesteps is None else 3) + recorded
+
+
+def test_shapes_preset_runs_batched_and_its_baseline_is_recorded():
+    from anyword.presets import get_preset
+
+    shapes = get_preset("shapes")
+    pipeline = SegmentAnyword(shapes)
+    assert pipeline.speed.name == "batched" and pipeline.speed.recording_batch > 0
+    assert SegmentAnyword(shapes, speed="eager").speed.name == "eager"
+    assert shapes.reference is not None and shapes.settings(shapes.reference) != shapes.settings()
+    with pytest.raises(ValueError, match="recording_batch"):
+        SpeedSettings(recording_batch=-1)
+
+
+@pytest.mark.slow  # two shapes-preset runs
+def test_batched_path_matches_eager_on_shapes():
+    from anyword.bench import result_parity
+    from anyword.images import load_image
+
+    image = load_image("assets/shapes/novel_1007.png")
+    caption = "a big golden ring and an amber ring"
+    results = [SegmentAnyword("shapes", speed=speed).run(image, caption) for speed in ("eager", "batched")]
+    parity = result_parity(*results)
+    assert parity["points_identical"] and parity["masks_identical"], parity
+    assert parity["maps_max_rel_diff"] < 1e-4, parity
+
+
+def test_rate_benchmark_counts_flops_and_compares_with_a_matmul():
+    from anyword.bench import run_rate_benchmark
+
+    report = run_rate_benchmark("tiny", repeats=1)
+    learning, inversion = report["rates"]["learning_step"], report["rates"]["inversion_step"]
+    assert learning["gflop"] > 2 * inversion["gflop"] > 0  # a batch, forward and backward, against one forward
+    assert learning["gflop_per_s"] == pytest.approx(learning["gflop"] / learning["s"])
+    assert report["learning_step_fraction_of_matmul"] == pytest.approx(
+        learning["gflop_per_s"] / report["matmul_gflop_per_s"]
+    )
+
+
+@pytest.mark.slow  # three shapes-preset first results, each after a warm-up
+def test_first_result_benchmark_times_baseline_and_preset_paths_with_parity():
+    from anyword.bench import run_first_result_benchmark
+    from anyword.images import load_image
+
+    image = load_image("assets/shapes/seen_1002.png")
+    report = run_first_result_benchmark("shapes", image, "a small purple star and a small blue square")
+    rows = report["first_result"]
+    assert [rows[name]["speed"] for name in ("baseline", "preset_eager", "preset")] == ["eager", "eager", "batched"]
+    assert rows["baseline"]["learning"] == "30 x 4" and rows["preset"]["learning"] == "20 x 2"
+    assert rows["preset"]["unet_calls"] < rows["preset_eager"]["unet_calls"] < rows["baseline"]["unet_calls"]
+    assert report["first_result_speedup"] == pytest.approx(
+        rows["baseline"]["first_result_s"] / rows["preset"]["first_result_s"]
+    )
+    assert report["first_result_parity"]["points_identical"] and report["first_result_parity"]["masks_identical"]
+    assert report["first_result_parity"]["maps_max_rel_diff"] < 1e-4
+    assert all(row["warm_up_s"] > 0 and "attention_learn_s" in row["stages_s"] for row in rows.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from anyword.cli.options import EXIT_OK, add_adapter_option, add_device_options, add_output_options
 from anyword.cli.values import positive_int, preset_name, seed
@@ -36,6 +37,16 @@ def register(commands) -> None:
         help="also time the compiled path (compiled prompt learning, channels-last, no per-step sync) against "
         "eager, with ratios, its warm-up and its distance from the eager results",
     )
+    parser.add_argument(
+        "--first-result",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time a visitor's first result (parse + attention + masks) on the baseline, eager and preset's "
+        "paths, with warm-up, per-stage seconds, parity and the UNet's GFLOP/s against a matmul's (default: on "
+        "for presets whose settings were chosen for speed)",
+    )
+    parser.add_argument("--image", type=Path, default=None, help="first-result image (default: seeded random)")
+    parser.add_argument("--caption", default=None, help="first-result caption (default: the bench's)")
     add_output_options(parser, out_help=None, progress=False)
     parser.set_defaults(run=run)
 
@@ -58,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         result.update(bench.run_segmenter_benchmark(preset, **common))
     if args.speed:
         result.update(bench.run_speed_benchmark(preset, dtype=args.dtype, learning_steps=args.steps, **common))
+    if _first_result(args, preset):
+        from anyword.images import load_image
+
+        image = load_image(args.image) if args.image else None
+        result.update(bench.run_rate_benchmark(preset, dtype=args.dtype, **common))
+        caption = args.caption or bench.BENCH_CAPTION
+        result.update(bench.run_first_result_benchmark(preset, image, caption, dtype=args.dtype, **common))
     if args.edit:
         result.update(bench.run_edit_benchmark(preset, dtype=args.dtype, **common))
     if args.json:
@@ -66,3 +84,9 @@ def run(args: argparse.Namespace) -> int:
         for key, value in result.items():
             print(f"{key:28s} {value}")
     return EXIT_OK
+
+
+def _first_result(args: argparse.Namespace, preset: str) -> bool:
+    from anyword.presets import get_preset
+
+    return args.first_result if args.first_result is not None else get_preset(preset).reference is not None

@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING
 
 from anyword.cli.values import fraction, non_negative_int, number, positive_float, positive_int, preset_name, seed
+from anyword.errors import AnywordError
 from anyword.flags import DTYPE_CHOICES, DeprecatedFlag
 from anyword.parsing.openai_parser import MAX_TIMEOUT_S
 from anyword.seeds import MAX_SEED
@@ -38,12 +39,7 @@ def add_model_options(parser: argparse.ArgumentParser, preset_help: str, model: 
             "--model", default=None, help="hub id or local folder of the preset's kind of weights (sd15, ldm ...)"
         )
     add_device_options(group)
-    group.add_argument(
-        "--compile",
-        action="store_true",
-        help="compiled prompt learning, channels-last, no per-step host sync: the same results, sooner on a GPU "
-        "after a one-time compile (`anyword bench --speed` measures it)",
-    )
+    add_speed_options(group)
     group.add_argument("--fast-path", action=DeprecatedFlag, nargs=0, dest="compile", help=argparse.SUPPRESS)
 
 
@@ -69,6 +65,28 @@ def add_dataset_options(parser: argparse.ArgumentParser, dataset_default: str | 
     group.add_argument("--split", default=None, help=split_help)
     group.add_argument("--image-size", type=positive_int, default=128, help="shapes datasets: scene size (pixels)")
     return group
+
+
+def add_speed_options(group) -> None:
+    """--speed and --compile (how the UNet runs; results are the same up to float rounding)."""
+    from anyword.diffusion.speed import SPEEDS
+
+    group.add_argument(
+        "--speed",
+        default=None,
+        choices=list(SPEEDS),
+        help="how the UNet runs, the same results up to float rounding: eager; batched (recorded steps batched "
+        "straight on the inversion trajectory); compiled (compiled prompt learning, channels-last, no per-step "
+        "host sync: sooner on a GPU after a one-time compile). Default: the preset's (`anyword presets`)",
+    )
+    group.add_argument("--compile", action="store_true", help="the same as --speed compiled")
+
+
+def speed_from(args: argparse.Namespace) -> str | None:
+    """The speed the options ask for (``None``: the preset's); refuses --compile beside another --speed."""
+    if args.compile and args.speed not in (None, "compiled"):
+        raise AnywordError(f"--compile means --speed compiled; it cannot go with --speed {args.speed}")
+    return "compiled" if args.compile else args.speed
 
 
 def add_device_options(group) -> None:
@@ -104,6 +122,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     )
     add_adapter_option(group)
     group.add_argument("--learning-rate", type=positive_float, default=None, help="prompt-learning rate")
+    group.add_argument(
+        "--learning-batch", type=positive_int, default=None, help="timesteps per prompt-learning step (paper: 8)"
+    )
     group.add_argument("--inversion-steps", type=positive_int, default=None, help="DDIM steps (paper: 50)")
     group.add_argument(
         "--attention-res",
@@ -210,6 +231,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         quality=FAST if given("fast") else None,
         learning_steps=given("steps"),
         learning_rate=given("learning_rate"),
+        learning_batch=given("learning_batch"),
         inversion_steps=given("inversion_steps"),
         attention_resolutions=tuple(given("attention_res")) if given("attention_res") else None,
         resize=given("resize"),

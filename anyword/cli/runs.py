@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from anyword.cli.options import overrides_from
+from anyword.cli.options import overrides_from, speed_from
 
 if TYPE_CHECKING:
     from anyword.pipeline import SegmentAnyword
@@ -85,7 +85,7 @@ def make_pipeline(
         progress=progress and not args.quiet,
         embeddings_dir=getattr(args, "embeddings_cache", None),
         adapter=choose_adapter(preset, args.adapter, overrides.quality),
-        speed="compiled" if args.compile else "eager",
+        speed=speed_from(args),
     )
 
 

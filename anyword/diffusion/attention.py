@@ -36,22 +36,27 @@ class CrossAttentionRecorder:
             raise ValueError("record at least one resolution")
         self.active = False
         self._sums: dict[int, torch.Tensor] = {}
+        self._rows: dict[int, int] = {}
         self._counts: dict[int, int] = {}
         self.layers_seen: set[str] = set()
 
     def add(self, layer: str, resolution: int, probabilities: torch.Tensor) -> None:
-        """``probabilities``: ``(batch*heads, h*w, L)``, each row summing to 1 over the L tokens."""
-        mean = probabilities.float().mean(dim=0)
+        """``probabilities``: ``(batch*heads, h*w, L)``, each row summing to 1 over the L tokens.
+
+        Every (sample, head) slice weighs the same, so one call with a batch of timesteps adds what that many
+        calls of one would (the layers of one grid have the same number of heads in diffusers' UNet)."""
+        total = probabilities.float().sum(dim=0)
         if resolution in self._sums:
-            self._sums[resolution] += mean
+            self._sums[resolution] += total
         else:
-            self._sums[resolution] = mean.clone()
+            self._sums[resolution] = total
+        self._rows[resolution] = self._rows.get(resolution, 0) + probabilities.shape[0]
         self._counts[resolution] = self._counts.get(resolution, 0) + 1
         self.layers_seen.add(layer)
 
     @property
     def calls(self) -> dict[int, int]:
-        """Number of (layer, step) evaluations summed per resolution."""
+        """Number of layer evaluations (UNet calls x layers) summed per resolution."""
         return dict(self._counts)
 
     def average(self) -> np.ndarray:
@@ -65,7 +70,7 @@ class CrossAttentionRecorder:
         finest = max(math.isqrt(s.shape[0]) for s in self._sums.values())
         maps = []
         for resolution in sorted(self._sums):
-            mean = self._sums[resolution] / self._counts[resolution]  # (r*r, L)
+            mean = self._sums[resolution] / self._rows[resolution]  # (r*r, L)
             grid = mean.T.reshape(1, mean.shape[1], resolution, resolution)
             if resolution != finest:
                 grid = torch.nn.functional.interpolate(

@@ -18,7 +18,13 @@ import torch
 
 from anyword.diffusion.attention import AttentionMaps, record_cross_attention
 from anyword.diffusion.backbone import Backbone
-from anyword.diffusion.inversion import ddim_denoise, ddim_invert, make_schedule
+from anyword.diffusion.inversion import (
+    ddim_denoise,
+    ddim_invert,
+    make_schedule,
+    predict_on_trajectory,
+    recorded_steps,
+)
 from anyword.diffusion.prompt_learning import (
     LearnedEmbeddings,
     LearningSettings,
@@ -103,8 +109,8 @@ def extract_attention(
             on_stage(name)
         return _Timer(timings, name)
 
-    def predict(latents: torch.Tensor, timestep: int) -> torch.Tensor:
-        calls["unet"] += 1
+    def predict(latents: torch.Tensor, timestep) -> torch.Tensor:
+        calls["unet"] += latents.shape[0]  # UNet evaluations (a batched call evaluates several latents)
         return backbone.unet_forward(latents, timestep, text_states)
 
     settings = with_attention_grids(settings, backbone)
@@ -124,6 +130,26 @@ def extract_attention(
     with torch.no_grad():
         text_states = backbone.text_states(alignment.input_ids, embeddings)
     schedule = make_schedule(backbone.scheduler, settings.inversion_steps)
+    record = _record_batched if settings.direct_inversion and backbone.speed.recording_batch else _record_stepwise
+    token_grids, recorder, final = record(backbone, predict, latents, schedule, settings, stage, progress)
+    mse = float(torch.mean((final.float() - latents.float()) ** 2))
+    embeddings.vectors = embeddings.vectors.detach().cpu()  # results live on the CPU (per-session state)
+    logger.info("diffusion stage: %s, reconstruction MSE %.3g", {k: round(v, 2) for k, v in timings.items()}, mse)
+    return AttentionResult(
+        maps=AttentionMaps(token_grids=token_grids, frame=frame, alignment=alignment),
+        embeddings=embeddings,
+        reconstruction_mse=mse,
+        timings=timings,
+        settings=settings,
+        backbone=backbone.name,
+        random_weights=backbone.random_weights,
+        recorded_layers=tuple(sorted(recorder.layers_seen)),
+        unet_calls=calls["unet"],
+    )
+
+
+def _record_stepwise(backbone, predict, latents, schedule, settings, stage, progress):
+    """Invert every step, then denoise step by step, recording the chosen timesteps' attention."""
     with stage("invert"):
         trajectory = ddim_invert(predict, latents, schedule, backbone.prediction_type, progress=progress)
     low, high = settings.attention_timesteps or (0, backbone.scheduler.config.num_train_timesteps)
@@ -143,21 +169,22 @@ def extract_attention(
             progress=progress,
         )
         recorder.active = False
-        token_grids = recorder.average()
-    mse = float(torch.mean((final.float() - latents.float()) ** 2))
-    embeddings.vectors = embeddings.vectors.detach().cpu()  # results live on the CPU (per-session state)
-    logger.info("diffusion stage: %s, reconstruction MSE %.3g", {k: round(v, 2) for k, v in timings.items()}, mse)
-    return AttentionResult(
-        maps=AttentionMaps(token_grids=token_grids, frame=frame, alignment=alignment),
-        embeddings=embeddings,
-        reconstruction_mse=mse,
-        timings=timings,
-        settings=settings,
-        backbone=backbone.name,
-        random_weights=backbone.random_weights,
-        recorded_layers=tuple(sorted(recorder.layers_seen)),
-        unet_calls=calls["unet"],
-    )
+        return recorder.average(), recorder, final
+
+
+def _record_batched(backbone, predict, latents, schedule, settings, stage, progress):
+    """Direct inversion's calls, batched: invert up to the highest recorded timestep, then evaluate the recorded
+    steps on the trajectory, ``backbone.speed.recording_batch`` per UNet call (the same maps up to float rounding;
+    the corrected path ends on the input latent, which is returned as the final latent)."""
+    steps = recorded_steps(schedule, settings.attention_timesteps)
+    with stage("invert"):
+        needed = steps[-1] + 1 if steps else 0
+        trajectory = ddim_invert(predict, latents, schedule, backbone.prediction_type, progress, steps=needed)
+    with stage("denoise"), record_cross_attention(backbone.unet, settings.attention_resolutions) as recorder:
+        recorder.active = True
+        predict_on_trajectory(predict, trajectory, schedule, steps, backbone.speed.recording_batch)
+        recorder.active = False
+        return recorder.average(), recorder, trajectory[0]
 
 
 def with_attention_grids(settings: DiffusionSettings, backbone: Backbone) -> DiffusionSettings:

@@ -80,15 +80,17 @@ def ddim_invert(
     schedule: DDIMSchedule,
     prediction_type: str = "epsilon",
     progress: bool = False,
+    steps: int | None = None,
 ) -> list[torch.Tensor]:
     """Invert clean ``latents`` into the noise trajectory ``[z_0, z_t1, ..., z_tN]`` (N+1 tensors).
 
     ``predict(z, t)`` returns the UNet's output for latent ``z`` at timestep ``t`` (conditional branch only, no
-    guidance).
+    guidance). ``steps``: stop after this many steps (``[z_0, ..., z_t_steps]``); default all N.
     """
     trajectory = [latents]
     current = latents
-    for index, timestep in enumerate(tqdm(schedule.timesteps, desc="inversion", disable=not progress)):
+    timesteps = schedule.timesteps if steps is None else schedule.timesteps[:steps]
+    for index, timestep in enumerate(tqdm(timesteps, desc="inversion", disable=not progress)):
         output = predict(current, timestep)
         current = ddim_step(current, output, schedule.alphas[index], schedule.alphas[index + 1], prediction_type)
         trajectory.append(current)
@@ -133,3 +135,28 @@ def ddim_denoise(
             gaps.append(0.0)
         current = denoised
     return current, gaps
+
+
+def recorded_steps(schedule: DDIMSchedule, timesteps: tuple[int, int] | None) -> list[int]:
+    """Indices ``i`` of the schedule steps whose timestep lies in ``timesteps`` (``(low, high)``, inclusive; None:
+    every step): the denoising steps whose attention is averaged."""
+    low, high = timesteps or (min(schedule.timesteps), max(schedule.timesteps))
+    return [index for index, timestep in enumerate(schedule.timesteps) if low <= timestep <= high]
+
+
+@torch.no_grad()
+def predict_on_trajectory(
+    predict: Predict, trajectory: Sequence[torch.Tensor], schedule: DDIMSchedule, steps: Sequence[int], batch: int
+) -> None:
+    """The UNet calls of direct-inversion denoising at schedule steps ``steps``, ``batch`` per call.
+
+    With direct inversion, denoising step ``i`` evaluates the UNet at the inversion latent ``trajectory[i + 1]``
+    and timestep ``t_i`` (every corrected step lands back on the trajectory), so the steps do not depend on each
+    other and their inputs are known once the image is inverted. Only the calls' side effects (the attention
+    recorder) are wanted: the corrected path ends on ``trajectory[0]`` whatever the UNet says.
+    """
+    for first in range(0, len(steps), batch):
+        chunk = steps[first : first + batch]
+        latents = torch.cat([trajectory[index + 1] for index in chunk])
+        timesteps = torch.tensor([schedule.timesteps[index] for index in chunk], device=latents.device)
+        predict(latents, timesteps)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from anyword.metrics import (
@@ -140,6 +141,8 @@ def ablation(
         "scenes": [start, start + n - 1],
         "image_size": image_size,
         "adapter": pipeline.adapter.ident if pipeline.adapter is not None else None,
+        "speed": pipeline.speed.name,
+        "threads": torch.get_num_threads(),
         "phrases": parsed,
         "parse_recall": found / parsed if parsed else 0.0,
         "settings": _reported_settings(settings),
