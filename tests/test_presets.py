@@ -28,7 +28,7 @@ def test_presets_json_lists_every_preset_with_its_availability(tmp_path):
     assert rows["sd15"]["learning_steps"] == PAPER_LEARNING_STEPS
     assert rows["shapes"]["available"] is True and rows["shapes"]["weights"]["backbone"]["state"] == "shipped"
     assert rows["shapes"]["segmenter"] == "sam" and rows["shapes"]["segmenter_model"] == "shapes"
-    assert rows["shapes"]["learning_steps"] == 30 and rows["parts"]["weights"]["segmenter"]["state"] == "shipped"
+    assert rows["shapes"]["learning_steps"] == 20 and rows["parts"]["weights"]["segmenter"]["state"] == "shipped"
     assert rows["shapes"]["fast_steps"] == 3 and rows["shapes"]["shipped_adapter"].endswith("shapes/adapter")
     assert rows["sd15"]["fast_steps"] == 50 and rows["sd15"]["shipped_adapter"] is None
     assert rows["tiny"]["available"] is True and rows["tiny"]["random_weights"] is True
