@@ -324,6 +324,6 @@ def test_the_page_starts_with_the_presets_own_point_settings_and_quality_labels(
     assert dict((v, k) for k, v in shapes["quality_choices"])["paper"] == "paper (30 steps)"
     assert dict((v, k) for k, v in shapes["quality_choices"])["fast"].endswith("adapter + 3 steps)")
     assert dict((v, k) for k, v in tiny["quality_choices"])["paper"] == "paper (1100 steps)"
-    assert shapes["steps"] == 30 and tiny["steps"] == 10
+    assert shapes["steps"] == 20 and tiny["steps"] == 10
     _, view = h.choose_preset(Session(), "shapes")
     assert {key: view[key] for key in ("threshold", "r1", "r2")} == {"threshold": 0.7, "r1": True, "r2": True}
