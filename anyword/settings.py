@@ -64,6 +64,7 @@ class Overrides:
     learning_steps: int | None = None
     learning_rate: float | None = None
     learning_batch: int | None = None
+    learning_attention_dtype: str | None = None
     inversion_steps: int | None = None
     attention_resolutions: tuple[int, ...] | None = None
     attention_timesteps: tuple[int, int] | None = None
@@ -97,7 +98,12 @@ class Overrides:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
 
-_LEARNING = {"learning_steps": "steps", "learning_rate": "learning_rate", "learning_batch": "batch_size"}
+_LEARNING = {
+    "learning_steps": "steps",
+    "learning_rate": "learning_rate",
+    "learning_batch": "batch_size",
+    "learning_attention_dtype": "attention_dtype",
+}
 _DIFFUSION = ("inversion_steps", "attention_resolutions", "attention_timesteps", "resize")
 _PROMPTS = ("threshold", "r1", "r2", "noun_points", "sampling", "adjective_region")
 

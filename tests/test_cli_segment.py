@@ -170,8 +170,9 @@ def test_speed_and_learning_batch_options(run_cli, tmp_path):
         "error: --compile means --speed compiled; it cannot go with --speed batched"
     )
     done = run_cli("segment", ASSETS / "coffee.png", "a cup", "--out", tmp_path / "b", *QUICK_ARGS,
-                   "--speed", "batched", "--learning-batch", "3")  # fmt: skip
+                   "--speed", "batched", "--learning-batch", "3", "--learning-attention-dtype", "bf16")  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "b" / "result.json").read_text())
     assert result["models"]["speed"] == "batched"
     assert result["settings"]["diffusion"]["learning"]["batch_size"] == 3
+    assert result["settings"]["diffusion"]["learning"]["attention_dtype"] == "bf16"

@@ -48,7 +48,7 @@ def test_the_shapes_preset_runs_with_its_validated_settings():
     settings = get_preset("shapes").settings()
     assert settings.diffusion.attention_resolutions == (16, 32) and settings.diffusion.attention_timesteps == (0, 400)
     assert settings.diffusion.learning.steps == 20 and settings.diffusion.learning.batch_size == 2
-    assert settings.diffusion.inversion_steps == 25
+    assert settings.diffusion.inversion_steps == 25 and settings.diffusion.learning.attention_dtype == "bf16"
     parts = get_preset("parts").settings().diffusion.learning  # world 2's tables ran (and run) 30 x 4
     assert (parts.steps, parts.batch_size) == (30, 4)
     assert settings.prompts.adjective_region == "noun_support" and settings.prompts.threshold == 0.7

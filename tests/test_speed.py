@@ -206,3 +206,53 @@ def test_first_result_benchmark_times_baseline_and_preset_paths_with_parity():
     assert report["first_result_parity"]["points_identical"] and report["first_result_parity"]["masks_identical"]
     assert report["first_result_parity"]["maps_max_rel_diff"] < 1e-4
     assert all(row["warm_up_s"] > 0 and "attention_learn_s" in row["stages_s"] for row in rows.values())
+
+
+# --- prompt learning's attention in another dtype --------------------------------------------------------------
+
+
+def test_cast_attention_matches_the_fused_processor_and_is_restored():
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from anyword.diffusion.attention import CastAttnProcessor, attention_dtype
+    from anyword.presets import get_preset
+
+    backbone = get_preset("shapes").load()
+    unet = backbone.unet
+    latents = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    states = torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(1))
+    timesteps = torch.tensor([100, 700])
+    with torch.no_grad():
+        fused = unet(latents, timesteps, encoder_hidden_states=states).sample
+        unet.set_attn_processor(CastAttnProcessor(torch.float32))  # self and cross attention, written out
+        written = unet(latents, timesteps, encoder_hidden_states=states).sample
+        unet.set_attn_processor(AttnProcessor2_0())
+        with attention_dtype(unet, torch.bfloat16):
+            assert all(isinstance(p, CastAttnProcessor) for p in unet.attn_processors.values())
+            low = unet(latents, timesteps, encoder_hidden_states=states).sample
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+    torch.testing.assert_close(written, fused, rtol=1e-4, atol=1e-5)
+    relative = float((low - fused).norm() / fused.norm())
+    assert 0 < relative < 0.02, relative  # bf16 rounding: not bit-equal, close
+    with attention_dtype(unet, torch.float32):  # the model's own dtype: nothing swapped
+        assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+
+
+def test_learning_in_bf16_attention_stays_near_fp32_and_is_recorded():
+    from anyword.diffusion.prompt_learning import LearningSettings
+
+    settings = Overrides(learning_steps=3, inversion_steps=4)
+    image = (np.random.default_rng(5).random((30, 52, 3)) * 255).astype(np.uint8)
+    pipeline = SegmentAnyword("tiny")
+    runs = {}
+    for dtype in (None, "bf16"):
+        chosen = pipeline.preset.settings(settings.then(Overrides(learning_attention_dtype=dtype)))
+        runs[dtype] = pipeline.run(image, "a red ball", settings=chosen)
+    full, low = (runs[key].attention.embeddings for key in (None, "bf16"))
+    moved = (full.vectors - full.initial).norm()
+    assert 0 < float((low.vectors - full.vectors).norm()) < 0.25 * float(moved)  # same direction, bf16 noise
+    assert runs["bf16"].settings.diffusion.learning.attention_dtype == "bf16"
+    assert runs["bf16"].to_dict()["settings"]["diffusion"]["learning"]["attention_dtype"] == "bf16"
+    with pytest.raises(ValueError, match="attention_dtype must be one of"):
+        LearningSettings(attention_dtype="int8")

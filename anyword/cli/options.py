@@ -125,6 +125,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--learning-batch", type=positive_int, default=None, help="timesteps per prompt-learning step (paper: 8)"
     )
+    group.add_argument(
+        "--learning-attention-dtype",
+        choices=DTYPE_CHOICES,
+        default=None,
+        help="the UNet's attention computes in this dtype during prompt learning (default: the preset's; the "
+        "model's own where it sets none)",
+    )
     group.add_argument("--inversion-steps", type=positive_int, default=None, help="DDIM steps (paper: 50)")
     group.add_argument(
         "--attention-res",
@@ -232,6 +239,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         learning_steps=given("steps"),
         learning_rate=given("learning_rate"),
         learning_batch=given("learning_batch"),
+        learning_attention_dtype=given("learning_attention_dtype"),
         inversion_steps=given("inversion_steps"),
         attention_resolutions=tuple(given("attention_res")) if given("attention_res") else None,
         resize=given("resize"),

@@ -99,34 +99,80 @@ class RecordingCrossAttnProcessor:
         if not self.recorder.active or resolution not in self.recorder.resolutions or encoder_hidden_states is None:
             return self._fused(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch, _, _ = encoder_hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
+        def attend(query, key, value, mask):
+            probabilities = attn.get_attention_scores(query, key, mask)  # (batch*heads, h*w, L)
+            self.recorder.add(self.layer, resolution, probabilities)
+            return torch.bmm(probabilities, value)
 
-        probabilities = attn.get_attention_scores(query, key, attention_mask)  # (batch*heads, h*w, L)
-        self.recorder.add(self.layer, resolution, probabilities)
+        return written_out_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, attend)
 
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, value))
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+
+class CastAttnProcessor:
+    """Attention written out (``softmax(Q K^T * scale) V``) with Q, K and V cast to ``dtype`` and the result cast
+    back: prompt learning's attention in bf16. With 4-wide heads (the shapes models) attention's cost is its
+    softmax and memory traffic, not its matmuls; in bf16 a learning step of the shapes model takes ~0.78x the time
+    on a CPU with AVX-512 bf16 (docs/performance.md). Every attention layer, self and cross."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        def attend(query, key, value, mask):
+            query, key, value = (tensor.to(self.dtype) for tensor in (query, key, value))
+            scores = torch.bmm(query * attn.scale, key.transpose(1, 2))
+            if mask is not None:
+                scores = scores + mask.to(scores.dtype)
+            return torch.bmm(scores.softmax(dim=-1), value).to(hidden_states.dtype)
+
+        return written_out_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, attend)
+
+
+def written_out_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, attend) -> torch.Tensor:
+    """diffusers' ``Attention`` forward with the attention itself left to ``attend(query, key, value, mask)``
+    (``(batch*heads, n, head size)`` tensors, ``mask`` ``None`` or additive) -> ``(batch*heads, n, head size)``.
+    Self-attention when ``encoder_hidden_states`` is ``None``."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        batch, channels, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], context.shape[0])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        context = hidden_states
+    elif attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    key, value = attn.to_k(context), attn.to_v(context)
+    query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
+    hidden_states = attn.batch_to_head_dim(attend(query, key, value, attention_mask))
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+    if input_ndim == 4:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def attention_dtype(unet: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block every attention layer of ``unet`` computes in ``dtype`` (:class:`CastAttnProcessor`);
+    ``None`` or the UNet's own dtype changes nothing. The previous processors come back on exit."""
+    if dtype is None or dtype == unet.dtype:
+        yield
+        return
+    original = unet.attn_processors
+    unet.set_attn_processor(CastAttnProcessor(dtype))
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)
 
 
 def _query_resolution(hidden_states: torch.Tensor) -> int:

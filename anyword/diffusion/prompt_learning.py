@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from anyword.devices import DTYPES
+from anyword.diffusion.attention import attention_dtype
 from anyword.errors import AnywordError
+from anyword.flags import DTYPE_CHOICES
 from anyword.steps import PAPER_LEARNING_STEPS
 from anyword.tokens import TokenAlignment
 
@@ -34,6 +37,8 @@ class LearningSettings:
 
     ``timestep_range``: ``(low, high)`` inclusive range of training timesteps (``None``: all of them).
     ``loss_scale``: static loss scaling used only when the model runs in fp16, so small gradients survive.
+    ``attention_dtype``: the UNet's attention computes in this dtype ("fp16", "bf16", "fp32") while prompt
+    learning runs (``None``: the model's own); what the maps are averaged from is never affected.
     """
 
     steps: int = PAPER_LEARNING_STEPS
@@ -43,6 +48,12 @@ class LearningSettings:
     temperature: float = 0.3
     timestep_range: tuple[int, int] | None = None
     loss_scale: float = 1024.0
+    attention_dtype: str | None = None
+
+    def __post_init__(self):
+        if self.attention_dtype not in (None, *DTYPE_CHOICES):
+            choices = ", ".join(DTYPE_CHOICES)
+            raise ValueError(f"attention_dtype must be one of {choices} or None, got {self.attention_dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -209,34 +220,42 @@ def learn_embeddings(
     losses: list = []  # tensors when sync-free (read once at the end), floats otherwise (one sync per step)
 
     draws = _random_draws(generator, settings.steps, settings.batch_size, clean, (low, high), 64 if sync_free else 1)
-    for step in tqdm(range(settings.steps), desc="prompt learning", disable=not progress):
-        timesteps, noise = next(draws)
-        batch = clean.expand(settings.batch_size, -1, -1, -1)
-        noisy = scheduler.add_noise(batch, noise, timesteps)
-        target = training_target(scheduler, batch, noise, timesteps)
-
-        states = backbone.text_states(ids, learned)
-        prediction = backbone.unet_forward(noisy, timesteps, states, learning=True)
-        loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
-        if settings.contrastive_weight > 0 and len(groups) > 1:
-            loss = loss + settings.contrastive_weight * prompt_contrastive_loss(states[0], groups, settings.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        (loss * scale).backward()
-        if scale != 1.0:
-            vectors.grad /= scale
-        if (sync_free and scale == 1.0) or torch.isfinite(vectors.grad).all():
-            optimizer.step()
-        else:
-            logger.warning("prompt learning step %d: non-finite gradient skipped", step)
-        losses.append(loss.detach() if sync_free else float(loss.detach()))
-        if on_step is not None:
-            on_step(step, float(losses[-1]))
+    dtype = DTYPES[settings.attention_dtype] if settings.attention_dtype else None
+    with attention_dtype(backbone.unet, dtype):
+        for step in tqdm(range(settings.steps), desc="prompt learning", disable=not progress):
+            loss = _learning_loss(backbone, learned, ids, clean, groups, settings, *next(draws))
+            optimizer.zero_grad(set_to_none=True)
+            (loss * scale).backward()
+            if scale != 1.0:
+                vectors.grad /= scale
+            if (sync_free and scale == 1.0) or torch.isfinite(vectors.grad).all():
+                optimizer.step()
+            else:
+                logger.warning("prompt learning step %d: non-finite gradient skipped", step)
+            losses.append(loss.detach() if sync_free else float(loss.detach()))
+            if on_step is not None:
+                on_step(step, float(losses[-1]))
     learned.losses = torch.stack(losses).float().cpu().tolist() if sync_free and losses else losses
     if sync_free and not torch.isfinite(vectors).all():  # an unscaled step went non-finite: keep the start
         logger.warning("prompt learning diverged (non-finite embeddings); the initial embeddings are kept")
         return initial_embeddings(backbone, alignment, key, seed)
     learned.vectors = vectors.detach()
     return learned
+
+
+def _learning_loss(backbone, learned, ids, clean, groups, settings, timesteps, noise) -> torch.Tensor:
+    """One step's loss: the diffusion loss on ``clean`` noised at ``timesteps`` with ``noise`` (the batch), plus
+    PromptCL between concepts when it is on."""
+    scheduler = backbone.scheduler
+    batch = clean.expand(settings.batch_size, -1, -1, -1)
+    noisy = scheduler.add_noise(batch, noise, timesteps)
+    target = training_target(scheduler, batch, noise, timesteps)
+    states = backbone.text_states(ids, learned)
+    prediction = backbone.unet_forward(noisy, timesteps, states, learning=True)
+    loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
+    if settings.contrastive_weight > 0 and len(groups) > 1:
+        loss = loss + settings.contrastive_weight * prompt_contrastive_loss(states[0], groups, settings.temperature)
+    return loss
 
 
 def _random_draws(generator, steps: int, batch: int, clean: torch.Tensor, bounds: tuple[int, int], chunk: int):

@@ -203,6 +203,7 @@ def _reported_settings(settings: PipelineSettings) -> dict:
         "learning_batch": diffusion.learning.batch_size,
         "learning_rate": diffusion.learning.learning_rate,
         "learning_timesteps": diffusion.learning.timestep_range,
+        "learning_attention_dtype": diffusion.learning.attention_dtype,
         "inversion_steps": diffusion.inversion_steps,
         "attention_resolutions": list(grids) if grids is not None else None,
         "attention_timesteps": diffusion.attention_timesteps,
