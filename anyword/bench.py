@@ -372,14 +372,13 @@ def run_first_result_benchmark(
     against the eager path at the same settings on every image (points, masks, maps). ``image``: ``(H, W, 3)``
     uint8 (default: a seeded random 451x300 image)."""
     from anyword.pipeline import SegmentAnyword
-    from anyword.settings import Overrides
 
     chosen = get_preset(preset)
     if image is None:
         image = (np.random.default_rng(seed).random((300, 451, 3)) * 255).astype(np.uint8)
     variants = [image, image[:, ::-1], image[::-1], image[::-1, ::-1]][: max(repeats, 1)]
     paths = {
-        "baseline": (chosen.settings(chosen.reference or Overrides()), "eager"),
+        "baseline": (chosen.reference_settings(), "eager"),
         "preset_eager": (chosen.settings(), "eager"),
         "preset": (chosen.settings(), chosen.speed),
     }

@@ -95,8 +95,9 @@ class Preset:
         published: where its published diffusion weights live and how they are fetched (``anyword download``)
             and stood in for; ``None`` for presets that build or ship their own.
         speed: how its UNet runs unless asked otherwise (a name of :data:`anyword.diffusion.speed.SPEEDS`).
-        reference: the settings its own were measured against when they were chosen for speed (its earlier
-            defaults): ``anyword bench`` times a first result with them on the eager path as the baseline.
+        reference: the overrides its own were measured against when they were chosen for speed (its earlier
+            overrides, whole: applied to the paper's settings, not on top of :attr:`overrides`): ``anyword bench``
+            times a first result with them on the eager path as the baseline (:meth:`reference_settings`).
     """
 
     name: str
@@ -137,6 +138,15 @@ class Preset:
         from anyword.settings import PipelineSettings, apply_overrides
 
         return apply_overrides(PipelineSettings(), self.overrides.then(overrides or Overrides()), self.budgets)
+
+    def reference_settings(self) -> PipelineSettings:
+        """The paper's settings with :attr:`reference` applied instead of the preset's overrides (the preset's own
+        settings where it has no reference): what its settings were measured against."""
+        from anyword.settings import PipelineSettings, apply_overrides
+
+        if self.reference is None:
+            return self.settings()
+        return apply_overrides(PipelineSettings(), self.reference, self.budgets)
 
     def shipped_adapter_path(self) -> Path | None:
         """The preset's shipped adapter folder if it has one and it is present."""

@@ -159,7 +159,10 @@ def test_shapes_preset_runs_batched_and_its_baseline_is_recorded():
     pipeline = SegmentAnyword(shapes)
     assert pipeline.speed.name == "batched" and pipeline.speed.recording_batch > 0
     assert SegmentAnyword(shapes, speed="eager").speed.name == "eager"
-    assert shapes.reference is not None and shapes.settings(shapes.reference) != shapes.settings()
+    reference = shapes.reference_settings()
+    assert reference != shapes.settings() and reference.diffusion.learning.attention_dtype is None  # fp32 then
+    assert (reference.diffusion.learning.steps, reference.diffusion.learning.batch_size) == (30, 4)
+    assert get_preset("tiny").reference_settings() == get_preset("tiny").settings()
     with pytest.raises(ValueError, match="recording_batch"):
         SpeedSettings(recording_batch=-1)
 
@@ -199,6 +202,7 @@ def test_first_result_benchmark_times_baseline_and_preset_paths_with_parity():
     rows = report["first_result"]
     assert [rows[name]["speed"] for name in ("baseline", "preset_eager", "preset")] == ["eager", "eager", "batched"]
     assert rows["baseline"]["learning"] == "30 x 4" and rows["preset"]["learning"] == "20 x 2"
+    assert rows["baseline"]["learning_attention_dtype"] is None and rows["preset"]["learning_attention_dtype"] == "bf16"
     assert rows["preset"]["unet_calls"] < rows["preset_eager"]["unet_calls"] < rows["baseline"]["unet_calls"]
     assert report["first_result_speedup"] == pytest.approx(
         rows["baseline"]["first_result_s"] / rows["preset"]["first_result_s"]
