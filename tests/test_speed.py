@@ -260,3 +260,9 @@ def test_learning_in_bf16_attention_stays_near_fp32_and_is_recorded():
     assert runs["bf16"].to_dict()["settings"]["diffusion"]["learning"]["attention_dtype"] == "bf16"
     with pytest.raises(ValueError, match="attention_dtype must be one of"):
         LearningSettings(attention_dtype="int8")
+    backbone = pipeline.backbone  # one processor per dtype for the model's life (a compiled UNet keeps its graph)
+    seen = []
+    for _ in range(2):
+        with backbone.learning_attention("bf16"):
+            seen.append(next(iter(backbone.unet.attn_processors.values())))
+    assert seen[0] is seen[1] and len(backbone._cast_processors) == 1

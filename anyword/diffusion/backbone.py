@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from anyword.diffusion.attention import cross_attention_grids
+from anyword.devices import DTYPES
+from anyword.diffusion.attention import CastAttnProcessor, attention_dtype, cross_attention_grids
 from anyword.diffusion.speed import EAGER, SpeedSettings, compiled_unet, memory_format
 
 PAPER_GRID = 16  # the paper averages cross-attention on the 16x16 layers (appendix C.1)
@@ -58,6 +59,7 @@ class Backbone:
     speed: SpeedSettings = EAGER
     out_of_vocabulary: str = "pieces"
     _learning_unet: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    _cast_processors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for module in self.modules():
@@ -145,6 +147,16 @@ class Backbone:
             unet = self._learning_unet
         latents = latents.contiguous(memory_format=memory_format(self.speed))
         return unet(latents, timesteps, encoder_hidden_states=text_states).sample
+
+    def learning_attention(self, dtype: str | None):
+        """Context in which the UNet's attention computes in ``dtype`` ("fp16", "bf16", "fp32"; ``None``: its
+        own), for prompt learning. One processor object per dtype for the model's life, so a compiled UNet meets
+        the same processors on every run instead of recompiling."""
+        if dtype is None:
+            return attention_dtype(self.unet, None)
+        torch_dtype = DTYPES[dtype]
+        processor = self._cast_processors.setdefault(torch_dtype, CastAttnProcessor(torch_dtype))
+        return attention_dtype(self.unet, torch_dtype, processor)
 
     def with_speed(self, speed: SpeedSettings) -> Backbone:
         """This model running as ``speed`` says (the modules are shared; the UNet's memory layout follows the

@@ -19,8 +19,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from anyword.devices import DTYPES
-from anyword.diffusion.attention import attention_dtype
 from anyword.errors import AnywordError
 from anyword.flags import DTYPE_CHOICES
 from anyword.steps import PAPER_LEARNING_STEPS
@@ -220,8 +218,7 @@ def learn_embeddings(
     losses: list = []  # tensors when sync-free (read once at the end), floats otherwise (one sync per step)
 
     draws = _random_draws(generator, settings.steps, settings.batch_size, clean, (low, high), 64 if sync_free else 1)
-    dtype = DTYPES[settings.attention_dtype] if settings.attention_dtype else None
-    with attention_dtype(backbone.unet, dtype):
+    with backbone.learning_attention(settings.attention_dtype):
         for step in tqdm(range(settings.steps), desc="prompt learning", disable=not progress):
             loss = _learning_loss(backbone, learned, ids, clean, groups, settings, *next(draws))
             optimizer.zero_grad(set_to_none=True)
