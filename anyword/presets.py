@@ -190,6 +190,7 @@ class Preset:
             "learning_steps": self.settings().diffusion.learning.steps,
             "fast_steps": self.settings(Overrides(quality="fast")).diffusion.learning.steps,
             "shipped_adapter": str(adapter) if (adapter := self.shipped_adapter_path()) else None,
+            "speed": self.speed,
         }
         if check:
             backbone, segmenter = self.backbone_availability(), self.segmenter_availability()

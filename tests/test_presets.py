@@ -32,6 +32,7 @@ def test_presets_json_lists_every_preset_with_its_availability(tmp_path):
     assert rows["shapes"]["fast_steps"] == 3 and rows["shapes"]["shipped_adapter"].endswith("shapes/adapter")
     assert rows["sd15"]["fast_steps"] == 50 and rows["sd15"]["shipped_adapter"] is None
     assert rows["tiny"]["available"] is True and rows["tiny"]["random_weights"] is True
+    assert rows["shapes"]["speed"] == "batched" and rows["sd15"]["speed"] == "eager"
     assert [s["key"] for s in data["segmenters"]] == list(SEGMENTERS)
 
 

@@ -37,7 +37,7 @@ def _print_preset(row: dict) -> None:
     random = ", random weights" if row["random_weights"] else ""
     print(f"{row['name']:12s} {state} ({weights['state']}{random}) - {row['description']}")
     named = row["segmenter"] + (f" ({row['segmenter_model']})" if row["segmenter_model"] else "")
-    print(f"{'':12s} backbone {row['backbone']}; segmenter {named}; {row['learning_steps']} steps")
+    print(f"{'':12s} backbone {row['backbone']}; segmenter {named}; {row['learning_steps']} steps; {row['speed']}")
     where = weights["reason"] or weights["where"]
     if where:
         print(f"{'':12s} weights: {where}")
