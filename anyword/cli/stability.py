@@ -103,12 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sum_masks(masks: list, shape: tuple[int, int]):
+    """The union of bool ``(H, W)`` masks; all False when there are none."""
     import numpy as np
 
-    merged = np.zeros(shape, dtype=bool)
-    for mask in masks:
-        merged |= mask
-    return merged
+    return np.logical_or.reduce([np.zeros(shape, dtype=bool), *masks])
 
 
 def _write(out: Path, image, masks: list, rows: list[dict], matrix: list[list[float]], report: dict) -> None:

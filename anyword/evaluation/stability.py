@@ -14,10 +14,14 @@ mean is at least 0.7 and the standard deviation at most 0.1 (accurate and stable
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
+from anyword.errors import AnywordError
+from anyword.evaluation.run import read_records
 from anyword.metrics import mask_iou
 
 EASY_MEAN, EASY_STD = 0.7, 0.1
@@ -82,12 +86,6 @@ STABILITY = "stability.json"
 def run_stability(out, dataset, task, samples) -> dict:
     """The stability of a finished run in ``out`` (its ``predictions.jsonl``): writes ``stability.json`` (every
     unit) and returns what the run's summary records (thresholds, counts, dataset-level means)."""
-    import json
-    from pathlib import Path
-
-    from anyword.errors import AnywordError
-    from anyword.evaluation.run import read_records
-
     records = read_records(Path(out))
     members, unscored = [], []
     for sample in samples:
