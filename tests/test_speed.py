@@ -1,6 +1,6 @@
 """The compiled path (compiled prompt learning, channels-last, no per-step host sync) gives the eager path's results:
 same learned embeddings and maps up to float rounding, same points. On CPU with `tiny`; the speed itself is
-measured by `anyword bench --speed`, never asserted."""
+measured by `anyword bench --compiled`, never asserted."""
 
 from __future__ import annotations
 
@@ -266,3 +266,13 @@ def test_learning_in_bf16_attention_stays_near_fp32_and_is_recorded():
         with backbone.learning_attention("bf16"):
             seen.append(next(iter(backbone.unet.attn_processors.values())))
     assert seen[0] is seen[1] and len(backbone._cast_processors) == 1
+
+
+def test_bench_compares_the_compiled_path_under_its_own_name(capsys):
+    from anyword.cli import build_argument_parser
+
+    parser = build_argument_parser()
+    assert parser.parse_args(["bench", "--compiled"]).compiled
+    old = parser.parse_args(["bench", "--speed"])  # the old name: same meaning, says the new one
+    assert old.compiled and "use --compiled" in capsys.readouterr().err
+    assert parser.parse_args(["segment", "--speed", "batched", "--out", "x"]).speed == "batched"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anyword.cli.options import EXIT_OK, add_adapter_option, add_device_options, add_output_options
 from anyword.cli.values import positive_int, preset_name, seed
+from anyword.flags import DeprecatedFlag
 
 NAME = "bench"
 
@@ -32,11 +33,13 @@ def register(commands) -> None:
         help="also time each promptable segmenter's image encoder and mask decoder (sizes as the preset gives)",
     )
     parser.add_argument(
-        "--speed",
+        "--compiled",
         action="store_true",
         help="also time the compiled path (compiled prompt learning, channels-last, no per-step sync) against "
         "eager, with ratios, its warm-up and its distance from the eager results",
     )
+    # Its old name; --speed NAME now picks how the UNet runs on the other commands.
+    parser.add_argument("--speed", action=DeprecatedFlag, nargs=0, dest="compiled", help=argparse.SUPPRESS)
     parser.add_argument(
         "--first-result",
         action=argparse.BooleanOptionalAction,
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.segmenters:
         result.update(bench.run_segmenter_benchmark(preset, **common))
-    if args.speed:
+    if args.compiled:
         result.update(bench.run_speed_benchmark(preset, dtype=args.dtype, learning_steps=args.steps, **common))
     if _first_result(args, preset):
         from anyword.images import load_image

@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def add_model_options(parser: argparse.ArgumentParser, preset_help: str, model: bool = True) -> None:
-    """--preset, --model, --device, --dtype, --compile."""
+    """--preset, --model, --device, --dtype, --speed, --compile."""
     group = parser.add_argument_group("models")
     group.add_argument("--preset", default=None, type=preset_name, help=preset_help)
     if model:

@@ -4,7 +4,7 @@
 * ``channels_last``: the UNet's weights and inputs in NHWC layout (faster convolutions on GPUs with tensor cores).
 * ``compile``: ``torch.compile`` of the UNet as prompt learning calls it (forward and backward; static shapes). The
   recorded denoising keeps the eager UNet: its processors change per image and would force recompiles. The first
-  compiled step pays the compile (reported as warm-up by ``anyword bench --speed``), once per process.
+  compiled step pays the compile (reported as warm-up by ``anyword bench --compiled``), once per process.
 * ``sync_free``: prompt learning keeps its losses on the device and reads them once at the end, instead of one
   host sync per step (the gradient check for fp16's loss scaling stays per step).
 * ``recording_batch``: with direct inversion the denoising path *is* the inversion trajectory, so the recorded
