@@ -232,14 +232,14 @@ def test_cast_attention_matches_the_fused_processor_and_is_restored():
         unet.set_attn_processor(CastAttnProcessor(torch.float32))  # self and cross attention, written out
         written = unet(latents, timesteps, encoder_hidden_states=states).sample
         unet.set_attn_processor(AttnProcessor2_0())
-        with attention_dtype(unet, torch.bfloat16):
+        with attention_dtype(unet, CastAttnProcessor(torch.bfloat16)):
             assert all(isinstance(p, CastAttnProcessor) for p in unet.attn_processors.values())
             low = unet(latents, timesteps, encoder_hidden_states=states).sample
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
     torch.testing.assert_close(written, fused, rtol=1e-4, atol=1e-5)
     relative = float((low - fused).norm() / fused.norm())
     assert 0 < relative < 0.02, relative  # bf16 rounding: not bit-equal, close
-    with attention_dtype(unet, torch.float32):  # the model's own dtype: nothing swapped
+    with attention_dtype(unet, CastAttnProcessor(torch.float32)):  # the model's own dtype: nothing swapped
         assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
 
 

@@ -161,17 +161,14 @@ def written_out_attention(attn, hidden_states, encoder_hidden_states, attention_
 
 
 @contextmanager
-def attention_dtype(
-    unet: torch.nn.Module, dtype: torch.dtype | None, processor: CastAttnProcessor | None = None
-) -> Iterator[None]:
-    """Within the block every attention layer of ``unet`` computes in ``dtype`` (``processor``, else a new
-    :class:`CastAttnProcessor`); ``None`` or the UNet's own dtype changes nothing. The previous processors come
-    back on exit."""
-    if dtype is None or dtype == unet.dtype:
+def attention_dtype(unet: torch.nn.Module, processor: CastAttnProcessor | None) -> Iterator[None]:
+    """Within the block every attention layer of ``unet`` computes through ``processor`` (in its dtype); ``None``
+    or a processor in the UNet's own dtype changes nothing. The previous processors come back on exit."""
+    if processor is None or processor.dtype == unet.dtype:
         yield
         return
     original = unet.attn_processors
-    unet.set_attn_processor(processor or CastAttnProcessor(dtype))
+    unet.set_attn_processor(processor)
     try:
         yield
     finally:

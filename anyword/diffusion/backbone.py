@@ -152,11 +152,9 @@ class Backbone:
         """Context in which the UNet's attention computes in ``dtype`` ("fp16", "bf16", "fp32"; ``None``: its
         own), for prompt learning. One processor object per dtype for the model's life, so a compiled UNet meets
         the same processors on every run instead of recompiling."""
-        if dtype is None:
-            return attention_dtype(self.unet, None)
-        torch_dtype = DTYPES[dtype]
-        processor = self._cast_processors.setdefault(torch_dtype, CastAttnProcessor(torch_dtype))
-        return attention_dtype(self.unet, torch_dtype, processor)
+        if dtype is not None and dtype not in self._cast_processors:
+            self._cast_processors[dtype] = CastAttnProcessor(DTYPES[dtype])
+        return attention_dtype(self.unet, self._cast_processors.get(dtype))
 
     def with_speed(self, speed: SpeedSettings) -> Backbone:
         """This model running as ``speed`` says (the modules are shared; the UNet's memory layout follows the
